@@ -1,0 +1,73 @@
+/* httpmux: libcurl's multi socket-action interface driven by a libuv loop.
+ *
+ * This is the only module that includes both uv.h and curl/curl.h; callers
+ * see neither. One HttpMux owns one curl multi handle, its connection pool and
+ * a pool of reusable transfers (easy handles with their body buffers), so a
+ * request in steady state allocates nothing. All callbacks run on the loop
+ * thread. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct curl_slist;
+typedef struct uv_loop_s uv_loop_t;
+
+typedef struct HttpMux HttpMux;
+
+typedef enum HttpError {
+        HTTP_OK = 0,         /* a complete response with a status code arrived (any status) */
+        HTTP_ERR_TIMEOUT,    /* the request's timeout passed */
+        HTTP_ERR_CONNECT,    /* name resolution or connection failed */
+        HTTP_ERR_NETWORK,    /* reset, closed early, malformed response, other transport errors */
+        HTTP_ERR_TOO_LARGE,  /* the body exceeded max_body */
+        HTTP_ERR_TLS,        /* handshake or peer verification failed */
+        HTTP_ERR_CANCELLED,  /* httpmux_close() ran while the request was in flight */
+        HTTP_ERR_INTERNAL,   /* out of memory or libcurl refused the transfer */
+        _HTTP_ERR_MAX,
+} HttpError;
+
+typedef struct HttpResponse {
+        HttpError error;
+        long status;            /* HTTP status code when error == HTTP_OK, else 0 */
+        const char *body;       /* NUL-terminated; valid only during the callback */
+        size_t body_len;
+        int64_t retry_after_ms; /* Retry-After (delta seconds or HTTP date) as ms from now; -1 if none */
+        const char *error_text; /* libcurl's explanation when error != HTTP_OK, for logs */
+        uint64_t done_usec;     /* CLOCK_MONOTONIC when the transfer completed */
+} HttpResponse;
+
+/* Called exactly once per accepted request, on the loop thread, never from
+ * inside httpmux_get()/httpmux_post() themselves. It may submit new requests. */
+typedef void (*httpmux_done_cb)(void *userdata, const HttpResponse *r);
+
+typedef struct HttpMuxOptions {
+        long max_connections;   /* cap on open connections (CURLMOPT_MAX_TOTAL_CONNECTIONS); 0: 16 */
+        long timeout_ms;        /* default per-request timeout; 0: 10 s */
+        size_t max_body;        /* response body bound; 0: 1 MiB */
+        const char *ca_file;    /* extra CA bundle, or NULL for the system's */
+        const char *user_agent; /* NULL: "sessionwatchd/VERSION" */
+} HttpMuxOptions;
+
+const char *http_error_to_string(HttpError e);
+
+int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret);
+
+/* Starts a GET. `headers` is borrowed and must stay valid until `done` runs.
+ * Returns 0 (and `done` runs later) or -errno (and `done` never runs). */
+int httpmux_get(HttpMux *m, const char *url, const struct curl_slist *headers, httpmux_done_cb done,
+                void *userdata);
+
+/* Starts a POST of `body` (borrowed until `done`). timeout_ms 0 uses the
+ * default. Redirects are never followed: a 3xx is reported as such. */
+int httpmux_post(HttpMux *m, const char *url, const struct curl_slist *headers, const char *body,
+                 size_t body_len, long timeout_ms, httpmux_done_cb done, void *userdata);
+
+/* Requests started and not yet completed. */
+unsigned httpmux_in_flight(const HttpMux *m);
+
+/* Cancels what is in flight (their callbacks run with HTTP_ERR_CANCELLED),
+ * closes every uv handle and the multi handle, then calls `closed` from the
+ * loop and frees `m`. The loop must keep running until then. */
+void httpmux_close(HttpMux *m, void (*closed)(void *userdata), void *userdata);

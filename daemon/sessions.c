@@ -359,6 +359,21 @@ int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in,
         return 0;
 }
 
+ObserveResult sessions_peek(const SessionTable *t, SessionIndex i, const char *raw, size_t len,
+                            int64_t updated_at_us)
+{
+        const Session *s = &t->recs[i];
+
+        assert(i < t->n_recs);
+        if (!(s->flags & SESSION_SEEN))
+                return OBSERVE_TRANSITION;
+        if (updated_at_us < s->updated_at_us)
+                return OBSERVE_STALE;
+        if (same_status(t, s, session_status_from_string(raw, len), raw, len))
+                return OBSERVE_UNCHANGED;
+        return OBSERVE_TRANSITION;
+}
+
 int sessions_restore(SessionTable *t, SessionIndex i, const char *raw, size_t len, int64_t updated_at_us)
 {
         Session *s = sessions_get(t, i);

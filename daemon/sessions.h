@@ -79,6 +79,11 @@ const char *sessions_status_raw(const SessionTable *t, SessionIndex i);
 int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw, size_t status_len,
                      int64_t updated_at_us, Observation *ret);
 
+/* What sessions_observe() would answer, without changing anything: lets the
+ * caller skip the full decode of a body that brings nothing new. */
+ObserveResult sessions_peek(const SessionTable *t, SessionIndex i, const char *status_raw, size_t status_len,
+                            int64_t updated_at_us);
+
 /* Restores a status from durable state without making it a transition. */
 int sessions_restore(SessionTable *t, SessionIndex i, const char *status_raw, size_t status_len,
                      int64_t updated_at_us);

@@ -1,0 +1,161 @@
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+
+static const char *const outcome_names[_API_OUTCOME_MAX] = {
+        [API_OK] = "ok",                 [API_AUTH] = "auth",         [API_NOT_FOUND] = "not_found",
+        [API_RATE_LIMITED] = "rate_limited", [API_SERVER] = "http_5xx", [API_CLIENT] = "http_4xx",
+        [API_TIMEOUT] = "timeout",       [API_NETWORK] = "network",   [API_TOO_LARGE] = "too_large",
+        [API_DECODE] = "decode",         [API_CANCELLED] = "cancelled",
+};
+
+const char *api_outcome_to_string(ApiOutcome o)
+{
+        return o < _API_OUTCOME_MAX ? outcome_names[o] : "invalid";
+}
+
+static int header_add(struct curl_slist **l, const char *name, const char *value)
+{
+        struct curl_slist *n;
+        char *line;
+
+        if (asprintf(&line, "%s: %s", name, value) < 0)
+                return -ENOMEM;
+        n = curl_slist_append(*l, line);
+        /* The line may carry the key: wipe our copy, libcurl keeps its own. */
+        explicit_bzero(line, strlen(line));
+        free(line);
+        if (!n)
+                return -ENOMEM;
+        *l = n;
+        return 0;
+}
+
+int api_init(Api *a, HttpMux *mux, const ApiOptions *o)
+{
+        int r;
+
+        *a = (Api){ .mux = mux };
+        if ((r = header_add(&a->headers, "X-Airplane-API-Key", o->key)) < 0 ||
+            (r = header_add(&a->headers, "Accept", "application/json")) < 0)
+                goto fail;
+        if (o->team_id && *o->team_id && (r = header_add(&a->headers, "X-Team-ID", o->team_id)) < 0)
+                goto fail;
+        if (o->env_slug && *o->env_slug &&
+            (r = header_add(&a->headers, "X-Airplane-Env-Slug", o->env_slug)) < 0)
+                goto fail;
+        r = -ENOMEM;
+        if (asprintf(&a->get_prefix, "%s/sessions/get?id=", o->url) < 0) {
+                a->get_prefix = NULL;
+                goto fail;
+        }
+        if (asprintf(&a->list_prefix, "%s/sessions/list?", o->url) < 0) {
+                a->list_prefix = NULL;
+                goto fail;
+        }
+        a->get_prefix_len = strlen(a->get_prefix);
+        return 0;
+fail:
+        api_done(a);
+        return r;
+}
+
+void api_done(Api *a)
+{
+        /* libcurl's copies of the header lines hold the key; clear them
+         * before the memory goes back to the allocator. */
+        for (struct curl_slist *l = a->headers; l; l = l->next)
+                explicit_bzero(l->data, strlen(l->data));
+        curl_slist_free_all(a->headers);
+        free(a->get_prefix);
+        free(a->list_prefix);
+        *a = (Api){};
+}
+
+int api_escape(const char *s, char *buf, size_t n)
+{
+        static const char hex[] = "0123456789ABCDEF";
+        size_t j = 0;
+
+        for (; *s; s++) {
+                unsigned char c = (unsigned char)*s;
+                bool plain = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                             c == '-' || c == '_' || c == '.' || c == '~';
+
+                if (j + (plain ? 1 : 3) >= n)
+                        return -ENOBUFS;
+                if (plain)
+                        buf[j++] = (char)c;
+                else {
+                        buf[j++] = '%';
+                        buf[j++] = hex[c >> 4];
+                        buf[j++] = hex[c & 15];
+                }
+        }
+        if (j >= n)
+                return -ENOBUFS;
+        buf[j] = '\0';
+        return (int)j;
+}
+
+int api_get_session(Api *a, const char *id, httpmux_done_cb done, void *userdata)
+{
+        /* Ids are at most 64 bytes; escaped that is 192. The URL lives on the
+         * stack because libcurl copies it. */
+        char url[a->get_prefix_len + 3 * 256 + 1];
+        int r;
+
+        memcpy(url, a->get_prefix, a->get_prefix_len);
+        r = api_escape(id, url + a->get_prefix_len, sizeof(url) - a->get_prefix_len);
+        if (r < 0)
+                return r;
+        return httpmux_get(a->mux, url, a->headers, done, userdata);
+}
+
+int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *userdata)
+{
+        char *url;
+        int r;
+
+        if (asprintf(&url, "%s%s", a->list_prefix, query) < 0)
+                return -ENOMEM;
+        r = httpmux_get(a->mux, url, a->headers, done, userdata);
+        free(url);
+        return r;
+}
+
+ApiOutcome api_classify(const HttpResponse *r)
+{
+        switch (r->error) {
+        case HTTP_OK:
+                break;
+        case HTTP_ERR_TIMEOUT:
+                return API_TIMEOUT;
+        case HTTP_ERR_TOO_LARGE:
+                return API_TOO_LARGE;
+        case HTTP_ERR_CANCELLED:
+                return API_CANCELLED;
+        default:
+                return API_NETWORK;
+        }
+
+        switch (r->status) {
+        case 200:
+                return API_OK;
+        case 401:
+        case 403:
+                return API_AUTH;
+        case 404:
+                return API_NOT_FOUND;
+        case 429:
+                return API_RATE_LIMITED;
+        default:
+                if (r->status >= 500 && r->status <= 599)
+                        return API_SERVER;
+                return API_CLIENT;
+        }
+}

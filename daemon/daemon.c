@@ -1,0 +1,631 @@
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sysexits.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "api.h"
+#include "config.h"
+#include "daemon.h"
+#include "decode.h"
+#include "event.h"
+#include "httpmux.h"
+#include "log.h"
+#include "scheduler.h"
+#include "sessions.h"
+
+/* How long a stop waits for requests in flight before cancelling them. */
+#define STOP_GRACE_MS 2000
+/* The first hold-off after the API rejects the key, doubled while it goes on. */
+#define AUTH_PAUSE_MIN_MS 30000
+#define AUTH_PAUSE_MAX_MS 600000
+/* A 429 without a usable Retry-After holds requests this long. */
+#define RATE_LIMIT_DEFAULT_MS 5000
+
+typedef struct Daemon Daemon;
+
+/* One outstanding poll: what the completion needs to find its session. */
+typedef struct PollSlot {
+        Daemon *daemon;
+        SessionIndex session;
+        uint32_t next_free;
+} PollSlot;
+
+typedef struct Stats {
+        uint64_t polls[_API_OUTCOME_MAX];
+        uint64_t transitions;
+        uint64_t events;
+        uint64_t quick_decodes; /* bodies settled by the cheap scanner alone */
+} Stats;
+
+struct Daemon {
+        uv_loop_t loop;
+        Config *config;
+        SessionTable *table;
+        Scheduler sched;
+        HttpMux *mux;
+        Api api;
+        char source[300];
+
+        Sink **sinks;
+        size_t n_sinks;
+
+        PollSlot *slots;
+        uint32_t free_slot;
+
+        uv_timer_t tick;
+        uv_timer_t stop_timer;
+        uv_signal_t sig_term, sig_int;
+        unsigned open_handles;
+
+        bool stopping;
+        bool finishing;
+        unsigned auth_level; /* consecutive auth hold-offs */
+        LogRateLimit poll_errors_rl;
+        LogRateLimit decode_rl;
+        LogRateLimit rate_limit_rl;
+        Stats stats;
+};
+
+static void dispatch(Daemon *d);
+static void on_tick_timer(uv_timer_t *t);
+
+static void emit(Daemon *d, const Event *e)
+{
+        d->stats.events++;
+        for (size_t i = 0; i < d->n_sinks; i++)
+                sink_emit(d->sinks[i], e);
+}
+
+static PollSlot *slot_take(Daemon *d)
+{
+        PollSlot *s;
+
+        if (d->free_slot == UINT32_MAX)
+                return NULL;
+        s = &d->slots[d->free_slot];
+        d->free_slot = s->next_free;
+        return s;
+}
+
+static void slot_release(Daemon *d, PollSlot *s)
+{
+        s->next_free = d->free_slot;
+        d->free_slot = (uint32_t)(s - d->slots);
+}
+
+static void schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms)
+{
+        int r = scheduler_schedule(&d->sched, i, uv_now(&d->loop) + delay_ms);
+        if (r < 0)
+                log_error_errno(r, "Failed to schedule session '%s': %m", sessions_id(d->table, i));
+}
+
+/* The session answered 200: decide whether it changed, emit, plan the next
+ * poll. Returns API_OK or API_DECODE. */
+static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp)
+{
+        const char *id = sessions_id(d->table, i);
+        Session *rec = sessions_get(d->table, i);
+        SessionSnapshot snap = SESSION_SNAPSHOT_NULL;
+        SessionQuick q;
+        const char *reason = NULL;
+        Observation obs;
+        int r;
+
+        /* The steady state: most answers repeat what we know. The scanner
+         * reads status and updatedAt without building a tree; only a body
+         * that may carry news goes through the full decoder, which stays the
+         * authority on what a valid session is. */
+        if (decode_session_quick(resp->body, resp->body_len, &q) == 0 && q.id_len == rec->id_len &&
+            memcmp(q.id, id, q.id_len) == 0 &&
+            sessions_peek(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us) != OBSERVE_TRANSITION) {
+                d->stats.quick_decodes++;
+                (void)sessions_observe(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us, &obs);
+                goto reschedule;
+        }
+
+        r = decode_session(resp->body, resp->body_len, &snap, &reason);
+        if (r < 0)
+                goto bad;
+        if (snap.id_len != rec->id_len || memcmp(snap.id, id, snap.id_len) != 0) {
+                reason = "the answer is about another session";
+                goto bad;
+        }
+
+        (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
+        if (obs.result == OBSERVE_TRANSITION) {
+                Event e;
+
+                r = event_init_transition(&e, &snap, obs.first ? NULL : obs.previous_raw, d->source);
+                if (r < 0)
+                        log_error_errno(r, "Failed to make the event for session '%s': %m", id);
+                else {
+                        e.replayed = obs.replayed;
+                        d->stats.transitions++;
+                        emit(d, &e);
+                }
+        }
+        session_snapshot_done(&snap);
+
+reschedule:
+        rec->failures = 0;
+        if (!d->stopping && !session_status_is_terminal(rec->status))
+                schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
+        return API_OK;
+
+bad: {
+        unsigned suppressed;
+
+        if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
+                log_warning("Undecodable answer for session '%s': %s (%u more suppressed)", id,
+                            reason ? reason : "invalid body", suppressed);
+        return API_DECODE;
+}
+}
+
+static void handle_not_found(Daemon *d, SessionIndex i)
+{
+        Session *rec = sessions_get(d->table, i);
+        const char *id = sessions_id(d->table, i);
+        Event e;
+        int r;
+
+        if (!(rec->flags & SESSION_SEEN)) {
+                /* Never seen: a typo, or a session not created yet. Keep
+                 * looking, gently, and say so once. */
+                if (rec->failures == 0)
+                        log_warning("Session '%s' does not exist (HTTP 404); retrying with backoff.", id);
+                if (rec->failures < UINT8_MAX)
+                        rec->failures++;
+                if (!d->stopping)
+                        schedule_after(d, i, scheduler_backoff(&d->sched, SESSION_STATUS_PENDING, rec->failures));
+                return;
+        }
+        if (rec->flags & SESSION_GONE)
+                return;
+
+        rec->flags |= SESSION_GONE;
+        log_notice("Session '%s' is gone (HTTP 404 after being seen); no longer polling it.", id);
+        r = event_init_gone(&e, id, sessions_status_raw(d->table, i), rec->updated_at_us, d->source);
+        if (r < 0) {
+                log_error_errno(r, "Failed to make the gone event for session '%s': %m", id);
+                return;
+        }
+        emit(d, &e);
+}
+
+static void handle_auth(Daemon *d, SessionIndex i, long status)
+{
+        uint64_t now = uv_now(&d->loop), pause;
+
+        /* Every session would get the same answer: hold all requests instead
+         * of failing them one by one, and say it once per hold-off. */
+        if (now >= d->sched.paused_until_ms) {
+                pause = AUTH_PAUSE_MIN_MS;
+                for (unsigned k = 0; k < d->auth_level && pause < AUTH_PAUSE_MAX_MS; k++)
+                        pause *= 2;
+                if (pause > AUTH_PAUSE_MAX_MS)
+                        pause = AUTH_PAUSE_MAX_MS;
+                if (d->auth_level == 0)
+                        log_error("The API rejected the key (HTTP %ld); holding all requests for %" PRIu64
+                                  " s. Check [api] key-file.",
+                                  status, pause / 1000);
+                d->auth_level++;
+                scheduler_pause(&d->sched, now + pause);
+        }
+        if (!d->stopping)
+                schedule_after(d, i, 0);
+}
+
+static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_ms)
+{
+        uint64_t now = uv_now(&d->loop);
+        uint64_t wait = retry_after_ms >= 0 ? (uint64_t)retry_after_ms : RATE_LIMIT_DEFAULT_MS;
+        unsigned suppressed;
+
+        if (now + wait > d->sched.paused_until_ms &&
+            log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
+                log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
+                            " ms.",
+                            wait);
+        scheduler_pause(&d->sched, now + wait);
+        if (!d->stopping)
+                schedule_after(d, i, wait);
+}
+
+static void handle_failure(Daemon *d, SessionIndex i, ApiOutcome o, const HttpResponse *resp)
+{
+        Session *rec = sessions_get(d->table, i);
+        uint64_t delay;
+        unsigned suppressed;
+
+        if (rec->failures < UINT8_MAX)
+                rec->failures++;
+        delay = scheduler_backoff(&d->sched, rec->status, rec->failures);
+        if (o != API_DECODE && log_ratelimit_ok(&d->poll_errors_rl, uv_now(&d->loop), &suppressed)) {
+                if (resp->error == HTTP_OK)
+                        log_warning("Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64
+                                    " ms (%u similar messages suppressed).",
+                                    sessions_id(d->table, i), resp->status, delay, suppressed);
+                else
+                        log_warning("Polling session '%s' failed: %s (%s); retrying in %" PRIu64
+                                    " ms (%u similar messages suppressed).",
+                                    sessions_id(d->table, i), api_outcome_to_string(o),
+                                    resp->error_text ? resp->error_text : "", delay, suppressed);
+        }
+        if (!d->stopping)
+                schedule_after(d, i, delay);
+}
+
+static void finish(Daemon *d);
+
+/* httpmux completion, on the loop thread, once per poll. */
+static void on_poll_done(void *userdata, const HttpResponse *resp)
+{
+        PollSlot *slot = userdata;
+        Daemon *d = slot->daemon;
+        SessionIndex i = slot->session;
+        Session *rec = sessions_get(d->table, i);
+        ApiOutcome o = api_classify(resp);
+
+        slot_release(d, slot);
+        scheduler_complete(&d->sched);
+        rec->flags &= ~SESSION_IN_FLIGHT;
+
+        if (o == API_OK)
+                o = handle_session_body(d, i, resp);
+        d->stats.polls[o]++;
+
+        switch (o) {
+        case API_OK:
+                if (d->auth_level > 0) {
+                        log_notice("The API accepts the key again.");
+                        d->auth_level = 0;
+                }
+                break;
+        case API_NOT_FOUND:
+                handle_not_found(d, i);
+                break;
+        case API_AUTH:
+                handle_auth(d, i, resp->status);
+                break;
+        case API_RATE_LIMITED:
+                handle_rate_limited(d, i, resp->retry_after_ms);
+                break;
+        case API_CANCELLED:
+                break;
+        default:
+                handle_failure(d, i, o, resp);
+                break;
+        }
+
+        if (!d->stopping)
+                dispatch(d);
+        else if (d->sched.in_flight == 0)
+                finish(d);
+}
+
+/* Starts every poll that is due and allowed now, then arms the one timer for
+ * the next moment something may be. */
+static void dispatch(Daemon *d)
+{
+        uint64_t now = uv_now(&d->loop), wake;
+        SessionIndex i;
+
+        for (;;) {
+                PollSlot *slot;
+                int r;
+
+                i = scheduler_next(&d->sched, now, &wake);
+                if (i == SESSION_INDEX_NONE)
+                        break;
+                slot = slot_take(d);
+                if (!slot) { /* cannot happen: slots match max_in_flight */
+                        scheduler_complete(&d->sched);
+                        schedule_after(d, i, 1);
+                        break;
+                }
+                slot->daemon = d;
+                slot->session = i;
+                r = api_get_session(&d->api, sessions_id(d->table, i), on_poll_done, slot);
+                if (r < 0) {
+                        unsigned suppressed;
+                        Session *rec = sessions_get(d->table, i);
+
+                        slot_release(d, slot);
+                        scheduler_complete(&d->sched);
+                        if (rec->failures < UINT8_MAX)
+                                rec->failures++;
+                        if (log_ratelimit_ok(&d->poll_errors_rl, now, &suppressed))
+                                log_error_errno(r, "Failed to start a poll of session '%s': %m",
+                                                sessions_id(d->table, i));
+                        schedule_after(d, i, scheduler_backoff(&d->sched, rec->status, rec->failures));
+                        continue;
+                }
+                sessions_get(d->table, i)->flags |= SESSION_IN_FLIGHT;
+        }
+
+        if (wake == UINT64_MAX)
+                uv_timer_stop(&d->tick);
+        else
+                (void)uv_timer_start(&d->tick, on_tick_timer, wake > now ? wake - now : 0, 0);
+}
+
+/* The poll timer fired, on the loop thread. */
+static void on_tick_timer(uv_timer_t *t)
+{
+        dispatch(t->data);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+        Daemon *d = h->data;
+        d->open_handles--;
+}
+
+static void on_mux_closed(void *userdata)
+{
+        Daemon *d = userdata;
+        d->mux = NULL;
+}
+
+static void close_handle(Daemon *d, uv_handle_t *h)
+{
+        if (!uv_is_closing(h)) {
+                d->open_handles++;
+                uv_close(h, on_handle_closed);
+        }
+}
+
+/* Every poll has come back (or the grace period ran out): tear down. */
+static void finish(Daemon *d)
+{
+        if (d->finishing)
+                return;
+        d->finishing = true;
+        close_handle(d, (uv_handle_t *)&d->tick);
+        close_handle(d, (uv_handle_t *)&d->stop_timer);
+        close_handle(d, (uv_handle_t *)&d->sig_term);
+        close_handle(d, (uv_handle_t *)&d->sig_int);
+        /* Cancels whatever is still in flight; their completions run first. */
+        if (d->mux)
+                httpmux_close(d->mux, on_mux_closed, d);
+}
+
+static void on_stop_timer(uv_timer_t *t)
+{
+        Daemon *d = t->data;
+
+        log_notice("%u request(s) still in flight after %d ms; cancelling them.", d->sched.in_flight,
+                   STOP_GRACE_MS);
+        finish(d);
+}
+
+/* SIGTERM or SIGINT, delivered on the loop thread by libuv. */
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+        Daemon *d = s->data;
+
+        if (d->stopping)
+                return;
+        log_info("Received %s, stopping.", strsignal(signum));
+        (void)sd_notify(0, "STOPPING=1");
+        d->stopping = true;
+        uv_timer_stop(&d->tick);
+        if (d->sched.in_flight == 0)
+                finish(d);
+        else
+                uv_timer_start(&d->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
+}
+
+static int make_source(Daemon *d)
+{
+        char host[256];
+
+        if (gethostname(host, sizeof(host)) < 0)
+                return -errno;
+        host[sizeof(host) - 1] = '\0';
+        snprintf(d->source, sizeof(d->source), "sessionwatchd://%s", host);
+        return 0;
+}
+
+static int setup_sinks(Daemon *d, const DaemonOptions *o)
+{
+        Sink *s;
+        int r;
+
+        d->sinks = calloc(2, sizeof(Sink *));
+        if (!d->sinks)
+                return -ENOMEM;
+        if (d->config->journal.enable) {
+                r = sink_journal_new(d->config->journal.statuses, &s);
+                if (r < 0)
+                        return r;
+                d->sinks[d->n_sinks++] = s;
+        }
+        if (o->print != PRINT_NONE) {
+                r = sink_print_new(STDOUT_FILENO, o->print, &s);
+                if (r < 0)
+                        return r;
+                d->sinks[d->n_sinks++] = s;
+        }
+        return 0;
+}
+
+static int setup_sessions(Daemon *d)
+{
+        const Config *c = d->config;
+        uint64_t now = uv_now(&d->loop);
+        int r;
+
+        r = sessions_new(c->poll.max_sessions, &d->table);
+        if (r < 0)
+                return r;
+        SchedulerOptions so = {
+                .interval_ms = c->poll.interval_ms,
+                .waiting_interval_ms = c->poll.waiting_interval_ms,
+                .jitter_percent = c->poll.jitter_percent,
+                .backoff_max_ms = c->poll.backoff_max_ms,
+                .rate_per_sec = c->api.rate_per_sec,
+                .max_in_flight = c->api.max_connections,
+                .seed = (uint64_t)getpid() ^ (uint64_t)time(NULL),
+        };
+        r = scheduler_init(&d->sched, d->table, &so, now);
+        if (r < 0)
+                return r;
+
+        for (size_t k = 0; k < c->watch.n_sessions; k++) {
+                const char *id = c->watch.sessions[k];
+                SessionIndex i;
+
+                r = sessions_add(d->table, id, strlen(id), SESSION_CONFIGURED, &i);
+                if (r == -EEXIST)
+                        continue;
+                if (r == -ENOSPC) {
+                        log_error("More sessions than [poll] max-sessions=%zu; ignoring '%s' and the rest.",
+                                  c->poll.max_sessions, id);
+                        break;
+                }
+                if (r < 0)
+                        return r;
+                /* Spread the first polls over one interval so a long watch
+                 * list does not arrive at the API in one burst. */
+                r = scheduler_schedule(&d->sched, i, now + scheduler_spread(&d->sched, c->poll.interval_ms));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int setup_http(Daemon *d)
+{
+        const Config *c = d->config;
+        HttpMuxOptions ho = {
+                .max_connections = c->api.max_connections,
+                .timeout_ms = (long)c->api.timeout_ms,
+                .max_body = c->api.max_body,
+                .ca_file = c->api.ca_file,
+        };
+        ApiOptions ao = {
+                .url = c->api.url,
+                .key = c->api.api_key,
+                .team_id = c->api.team_id,
+                .env_slug = c->api.env_slug,
+        };
+        int r;
+
+        r = httpmux_new(&d->loop, &ho, &d->mux);
+        if (r < 0)
+                return r;
+        r = api_init(&d->api, d->mux, &ao);
+        if (r < 0)
+                return r;
+
+        d->slots = calloc(c->api.max_connections, sizeof(PollSlot));
+        if (!d->slots)
+                return -ENOMEM;
+        d->free_slot = UINT32_MAX;
+        for (uint32_t k = c->api.max_connections; k-- > 0;) {
+                d->slots[k].next_free = d->free_slot;
+                d->free_slot = k;
+        }
+        return 0;
+}
+
+static void log_stats(const Daemon *d)
+{
+        const Stats *s = &d->stats;
+        uint64_t total = 0;
+
+        for (int k = 0; k < _API_OUTCOME_MAX; k++)
+                total += s->polls[k];
+        log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
+                 ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
+                 ", not_found %" PRIu64 ", auth %" PRIu64 "), %" PRIu64 " transitions, %" PRIu64
+                 " events, %" PRIu64 " quick decodes.",
+                 total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
+                 s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT], s->polls[API_NETWORK] + s->polls[API_TOO_LARGE],
+                 s->polls[API_DECODE], s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->transitions, s->events,
+                 s->quick_decodes);
+}
+
+static void daemon_free(Daemon *d)
+{
+        for (size_t i = 0; i < d->n_sinks; i++)
+                sink_free(d->sinks[i]);
+        free(d->sinks);
+        api_done(&d->api);
+        scheduler_done(&d->sched);
+        sessions_free(d->table);
+        free(d->slots);
+        config_free(d->config);
+}
+
+int daemon_run(const DaemonOptions *o)
+{
+        Daemon d = {
+                .poll_errors_rl = LOG_RATELIMIT_INIT(10000, 10),
+                .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
+                .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
+        };
+        char errbuf[4096];
+        ConfigEnv env;
+        int r, ret = 1;
+
+        config_env_from_environ(&env);
+        r = config_load(o->config_path, &env, &d.config, errbuf, sizeof(errbuf));
+        if (r < 0) {
+                fprintf(stderr, "%s\n", errbuf);
+                return r == -ENOMEM ? 1 : EX_CONFIG;
+        }
+
+        r = uv_loop_init(&d.loop);
+        if (r < 0) {
+                log_error_errno(r, "Failed to create the event loop: %m");
+                config_free(d.config);
+                return 1;
+        }
+        uv_timer_init(&d.loop, &d.tick);
+        uv_timer_init(&d.loop, &d.stop_timer);
+        uv_signal_init(&d.loop, &d.sig_term);
+        uv_signal_init(&d.loop, &d.sig_int);
+        d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = &d;
+
+        if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
+            (r = setup_http(&d)) < 0) {
+                log_error_errno(r, "Failed to start: %m");
+                d.stopping = true;
+                finish(&d);
+                uv_run(&d.loop, UV_RUN_DEFAULT);
+                goto out;
+        }
+        uv_signal_start(&d.sig_term, on_stop_signal, SIGTERM);
+        uv_signal_start(&d.sig_int, on_stop_signal, SIGINT);
+        /* The writer of events must learn of a vanished reader by EPIPE, not
+         * die of SIGPIPE. */
+        signal(SIGPIPE, SIG_IGN);
+
+        log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
+        (void)sd_notify(0, "READY=1");
+        dispatch(&d);
+
+        uv_run(&d.loop, UV_RUN_DEFAULT);
+        log_stats(&d);
+        ret = 0;
+out:
+        r = uv_loop_close(&d.loop);
+        if (r < 0) {
+                log_error_errno(r, "The event loop still had open handles at exit: %m");
+                ret = 1;
+        }
+        daemon_free(&d);
+        return ret;
+}

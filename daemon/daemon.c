@@ -38,11 +38,17 @@ typedef struct PollSlot {
         uint32_t next_free;
 } PollSlot;
 
+/* Event latency, from a response's completion to its event having been
+ * handed to every sink, in power-of-two microsecond buckets: bucket k holds
+ * latencies in [2^(k-1), 2^k) µs (bucket 0: under 1 µs). */
+#define LATENCY_BUCKETS 40
+
 typedef struct Stats {
         uint64_t polls[_API_OUTCOME_MAX];
         uint64_t transitions;
         uint64_t events;
         uint64_t quick_decodes; /* bodies settled by the cheap scanner alone */
+        uint64_t latency[LATENCY_BUCKETS];
 } Stats;
 
 struct Daemon {
@@ -77,11 +83,52 @@ struct Daemon {
 static void dispatch(Daemon *d);
 static void on_tick_timer(uv_timer_t *t);
 
-static void emit(Daemon *d, const Event *e)
+static uint64_t now_usec(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void record_latency(Stats *st, uint64_t since_usec)
+{
+        uint64_t now = now_usec(), us = now > since_usec ? now - since_usec : 0;
+        unsigned k = 0;
+
+        while (us > 0 && k < LATENCY_BUCKETS - 1) {
+                us >>= 1;
+                k++;
+        }
+        st->latency[k]++;
+}
+
+/* The upper bound (µs) of the bucket that holds quantile q of the latencies. */
+static uint64_t latency_quantile(const Stats *st, double q)
+{
+        uint64_t total = 0, seen = 0;
+
+        for (unsigned k = 0; k < LATENCY_BUCKETS; k++)
+                total += st->latency[k];
+        if (total == 0)
+                return 0;
+        for (unsigned k = 0; k < LATENCY_BUCKETS; k++) {
+                seen += st->latency[k];
+                if ((double)seen >= q * (double)total)
+                        return k == 0 ? 1 : (uint64_t)1 << k;
+        }
+        return UINT64_MAX;
+}
+
+/* Hands one event to every sink. `response_done_usec` is when the response
+ * that caused it completed (CLOCK_MONOTONIC), or 0 when no response did. */
+static void emit(Daemon *d, const Event *e, uint64_t response_done_usec)
 {
         d->stats.events++;
         for (size_t i = 0; i < d->n_sinks; i++)
                 sink_emit(d->sinks[i], e);
+        if (response_done_usec > 0)
+                record_latency(&d->stats, response_done_usec);
 }
 
 static PollSlot *slot_take(Daemon *d)
@@ -150,7 +197,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 else {
                         e.replayed = obs.replayed;
                         d->stats.transitions++;
-                        emit(d, &e);
+                        emit(d, &e, resp->done_usec);
                 }
         }
         session_snapshot_done(&snap);
@@ -171,7 +218,7 @@ bad: {
 }
 }
 
-static void handle_not_found(Daemon *d, SessionIndex i)
+static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp)
 {
         Session *rec = sessions_get(d->table, i);
         const char *id = sessions_id(d->table, i);
@@ -199,7 +246,7 @@ static void handle_not_found(Daemon *d, SessionIndex i)
                 log_error_errno(r, "Failed to make the gone event for session '%s': %m", id);
                 return;
         }
-        emit(d, &e);
+        emit(d, &e, resp->done_usec);
 }
 
 static void handle_auth(Daemon *d, SessionIndex i, long status)
@@ -292,7 +339,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 }
                 break;
         case API_NOT_FOUND:
-                handle_not_found(d, i);
+                handle_not_found(d, i, resp);
                 break;
         case API_AUTH:
                 handle_auth(d, i, resp->status);
@@ -550,11 +597,12 @@ static void log_stats(const Daemon *d)
         log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
                  ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
                  ", not_found %" PRIu64 ", auth %" PRIu64 "), %" PRIu64 " transitions, %" PRIu64
-                 " events, %" PRIu64 " quick decodes.",
+                 " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64 " us, p99 <= %" PRIu64
+                 " us.",
                  total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
                  s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT], s->polls[API_NETWORK] + s->polls[API_TOO_LARGE],
                  s->polls[API_DECODE], s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->transitions, s->events,
-                 s->quick_decodes);
+                 s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }
 
 static void daemon_free(Daemon *d)

@@ -46,28 +46,53 @@ typedef struct HttpMuxOptions {
         long max_connections;   /* cap on open connections (CURLMOPT_MAX_TOTAL_CONNECTIONS); 0: 16 */
         long timeout_ms;        /* default per-request timeout; 0: 10 s */
         size_t max_body;        /* response body bound; 0: 1 MiB */
-        const char *ca_file;    /* extra CA bundle, or NULL for the system's */
+        const char *ca_file;    /* extra CA bundle (PEM), added to the system roots; NULL: none */
         const char *user_agent; /* NULL: "sessionwatchd/VERSION" */
 } HttpMuxOptions;
 
+/* Counters for tests, metrics and the benchmark. All are cumulative since
+ * httpmux_new() unless said otherwise. */
+typedef struct HttpMuxStats {
+        uint64_t requests;              /* accepted by httpmux_get()/httpmux_post() */
+        uint64_t sockets_opened;        /* sockets libcurl opened for connections */
+        uint64_t poll_contexts_created; /* uv_poll handles created (one per socket) */
+        unsigned sockets_open;          /* now: opened and not yet closed by libcurl */
+        unsigned poll_contexts;         /* now: uv_poll handles not yet freed (incl. closing) */
+        unsigned transfers;             /* now: pooled easy handles, in flight or idle */
+        unsigned transfers_idle;        /* now: pooled easy handles waiting for a request */
+        size_t body_buffer_max;         /* largest response buffer ever allocated, bytes */
+} HttpMuxStats;
+
 const char *http_error_to_string(HttpError e);
 
+/* Creates a mux on `loop`. `options` may be NULL; strings in it are copied.
+ * The first mux initialises libcurl globally (curl_global_init) and the last
+ * one freed cleans it up again, so the process needs no separate call; this is
+ * not thread-safe, which is fine in a single-threaded daemon. Reads `ca_file`
+ * once, here: -errno if it cannot be read. */
 int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret);
 
 /* Starts a GET. `headers` is borrowed and must stay valid until `done` runs.
- * Returns 0 (and `done` runs later) or -errno (and `done` never runs). */
+ * Returns 0 (and `done` runs later) or -errno (and `done` never runs):
+ * -ECANCELED once httpmux_close() was called, -ENOMEM, -EINVAL for a URL
+ * libcurl refuses. The default timeout applies. No Accept-Encoding is sent, so
+ * bodies arrive as the server sent them. */
 int httpmux_get(HttpMux *m, const char *url, const struct curl_slist *headers, httpmux_done_cb done,
                 void *userdata);
 
 /* Starts a POST of `body` (borrowed until `done`). timeout_ms 0 uses the
- * default. Redirects are never followed: a 3xx is reported as such. */
+ * default. Redirects are never followed: a 3xx is reported as such. Without a
+ * Content-Type in `headers` libcurl sends application/x-www-form-urlencoded. */
 int httpmux_post(HttpMux *m, const char *url, const struct curl_slist *headers, const char *body,
                  size_t body_len, long timeout_ms, httpmux_done_cb done, void *userdata);
 
 /* Requests started and not yet completed. */
 unsigned httpmux_in_flight(const HttpMux *m);
 
-/* Cancels what is in flight (their callbacks run with HTTP_ERR_CANCELLED),
- * closes every uv handle and the multi handle, then calls `closed` from the
- * loop and frees `m`. The loop must keep running until then. */
+void httpmux_debug_stats(const HttpMux *m, HttpMuxStats *ret);
+
+/* Cancels what is in flight (their callbacks run with HTTP_ERR_CANCELLED, from
+ * the loop, after this returns), closes every uv handle and the multi handle,
+ * then calls `closed` (may be NULL) from the loop and frees `m`. The loop must
+ * keep running until then. May be called from a `done` callback; call it once. */
 void httpmux_close(HttpMux *m, void (*closed)(void *userdata), void *userdata);

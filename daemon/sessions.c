@@ -20,11 +20,14 @@ struct SessionTable {
 
         char *arena; /* ids, each NUL-terminated */
         size_t arena_len, arena_cap;
+        size_t arena_waste; /* bytes of removed ids, reclaimed by compaction */
 
         uint32_t *slots; /* open addressing with linear probing, power-of-two size */
         size_t n_slots;
 
+        /* Counted strings: JSON can carry "\u0000" inside a status. */
         char *unknown[UNKNOWN_MAX];
+        size_t unknown_len[UNKNOWN_MAX];
         size_t n_unknown;
 };
 
@@ -155,6 +158,33 @@ static int grow(void **p, size_t *cap, size_t need, size_t size, size_t initial)
         return 0;
 }
 
+/* Rewrites the arena with only the ids in use, once removed ids make up
+ * half of it, so that churn (watch/unwatch, retention) cannot grow it without
+ * bound. Amortised O(1) per removal. */
+static int arena_compact(SessionTable *t)
+{
+        size_t live = t->arena_len - t->arena_waste, j = 0;
+        char *a = malloc(live ? live : 1);
+
+        if (!a)
+                return -ENOMEM;
+        for (size_t i = 0; i < t->n_recs; i++) {
+                Session *s = &t->recs[i];
+
+                if (s->flags & SESSION_REMOVED)
+                        continue;
+                memcpy(a + j, t->arena + s->id_off, s->id_len + 1u);
+                s->id_off = (uint32_t)j;
+                j += s->id_len + 1u;
+        }
+        assert(j == live);
+        free(t->arena);
+        t->arena = a;
+        t->arena_len = t->arena_cap = live;
+        t->arena_waste = 0;
+        return 0;
+}
+
 int sessions_add(SessionTable *t, const char *id, size_t len, uint8_t flags, SessionIndex *ret)
 {
         uint64_t h;
@@ -182,6 +212,11 @@ int sessions_add(SessionTable *t, const char *id, size_t len, uint8_t flags, Ses
                 if (r < 0)
                         return r;
                 p = slot_find(t, id, len, h);
+        }
+        if (t->arena_waste > 4096 && t->arena_waste * 2 > t->arena_len) {
+                r = arena_compact(t);
+                if (r < 0)
+                        return r;
         }
         r = grow((void **)&t->arena, &t->arena_cap, t->arena_len + len + 1, 1, 4096);
         if (r < 0)
@@ -240,8 +275,8 @@ void sessions_remove(SessionTable *t, SessionIndex i)
                 }
         }
 
-        /* The id bytes stay in the arena until the table is freed: removal is
-         * rare (unwatch, retention) and ids are small. */
+        /* The id bytes stay in the arena until the next compaction. */
+        t->arena_waste += s->id_len + 1u;
         s->flags = SESSION_REMOVED;
         s->heap_pos = t->free_head;
         t->free_head = i;
@@ -289,15 +324,18 @@ static uint16_t intern_unknown(SessionTable *t, const char *raw, size_t len)
         char *copy;
 
         for (size_t i = 0; i < t->n_unknown; i++)
-                if (strlen(t->unknown[i]) == len && memcmp(t->unknown[i], raw, len) == 0)
+                if (t->unknown_len[i] == len && memcmp(t->unknown[i], raw, len) == 0)
                         return (uint16_t)(i + 1);
         if (t->n_unknown >= UNKNOWN_MAX)
                 return 0;
-        copy = strndup(raw, len);
+        copy = malloc(len + 1);
         if (!copy)
                 return 0;
-        t->unknown[t->n_unknown++] = copy;
-        return (uint16_t)t->n_unknown;
+        memcpy(copy, raw, len);
+        copy[len] = '\0';
+        t->unknown[t->n_unknown] = copy;
+        t->unknown_len[t->n_unknown] = len;
+        return (uint16_t)++t->n_unknown;
 }
 
 static void set_status(SessionTable *t, Session *s, SessionStatus st, const char *raw, size_t len)
@@ -315,7 +353,7 @@ static bool same_status(const SessionTable *t, const Session *s, SessionStatus s
         if (st != SESSION_STATUS_UNKNOWN || s->unknown == 0)
                 return true;
         old = t->unknown[s->unknown - 1];
-        return strlen(old) == len && memcmp(old, raw, len) == 0;
+        return t->unknown_len[s->unknown - 1] == len && memcmp(old, raw, len) == 0;
 }
 
 int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in, size_t status_len,

@@ -1,9 +1,14 @@
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <systemd/sd-journal.h>
 
 #include "log.h"
 #include "sink.h"
+
+/* Where journald listens for native-protocol datagrams; sd_journal_sendv()
+ * sends there and nowhere else. */
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
 
 typedef struct JournalSink {
         Sink sink;
@@ -24,9 +29,22 @@ static void journal_emit(Sink *s, const Event *e)
                 return;
         }
         r = sd_journal_sendv(iov, n);
+        /* sd_journal_sendv() reports success when the socket does not exist
+         * (no journald on this system), so the entry is lost silently; look
+         * for the socket ourselves. One stat(2) per event is cheap next to
+         * the datagram itself. */
+        if (r >= 0) {
+                struct stat st;
+
+                if (stat(JOURNAL_SOCKET, &st) < 0)
+                        r = -errno;
+                else if (!S_ISSOCK(st.st_mode))
+                        r = -ENOTSOCK;
+        }
         if (r < 0) {
                 if (!j->unreachable)
-                        log_warning_errno(r, "Cannot write events to the journal, continuing without it: %m");
+                        log_warning_errno(r, "Cannot write events to the journal (" JOURNAL_SOCKET
+                                             "), continuing without it: %m");
                 j->unreachable = true;
                 return;
         }

@@ -44,6 +44,10 @@ int scheduler_init(Scheduler *s, SessionTable *table, const SchedulerOptions *op
 
 void scheduler_done(Scheduler *s)
 {
+        /* Leave the records as if never scheduled, so the table can outlive
+         * the scheduler (or get a new one). */
+        for (size_t k = 0; k < s->n_heap; k++)
+                sessions_get(s->table, s->heap[k])->heap_pos = SESSION_INDEX_NONE;
         free(s->heap);
         s->heap = NULL;
         s->n_heap = s->cap_heap = 0;

@@ -17,7 +17,7 @@ typedef struct SchedulerOptions {
         uint64_t interval_ms;         /* Pending, Active, Cancelling, unknown, never seen */
         uint64_t waiting_interval_ms; /* Waiting */
         unsigned jitter_percent;      /* each interval is spread over ±jitter/2 */
-        uint64_t backoff_max_ms;      /* cap of the per-session error backoff */
+        uint64_t backoff_max_ms;      /* cap of the per-session error backoff; 0: 5 minutes */
         double rate_per_sec;          /* 0: unlimited */
         unsigned max_in_flight;
         uint64_t seed;

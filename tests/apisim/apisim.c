@@ -382,6 +382,11 @@ static int server_fault_answer(struct MHD_Connection *conn, const struct fault_a
         case FAULT_503:
                 *ret = server_error(conn, 503, fa->retry_after, "simulated 503 Service Unavailable");
                 return 0;
+        case FAULT_404:
+                /* The same answer as for a session that does not exist, so a
+                 * client sees a known session vanish (deleted, or access lost). */
+                *ret = server_error(conn, MHD_HTTP_NOT_FOUND, 0, "session not found");
+                return 0;
         case FAULT_429:
                 *ret = server_error(conn, 429, fa->retry_after ? fa->retry_after : 1,
                                     "simulated 429 Too Many Requests");

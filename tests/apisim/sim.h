@@ -123,6 +123,7 @@ enum fault_kind {
         FAULT_500,
         FAULT_502,
         FAULT_503,
+        FAULT_404,
         FAULT_429,
         FAULT_DELAY,
         FAULT_RESET,

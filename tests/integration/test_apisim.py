@@ -408,7 +408,7 @@ class FaultTest(ApiSimCase):
 
     def test_http_error_faults_count_and_retry_after(self):
         sim = self.sim
-        for kind, status in (("500", 500), ("502", 502), (503, 503)):
+        for kind, status in (("500", 500), ("502", 502), (503, 503), ("404", 404)):
             with self.subTest(kind=kind):
                 sim.fault(kind, count=2)
                 self.assert_json_error(self.get(sim, "ses_f1"), status)
@@ -425,7 +425,9 @@ class FaultTest(ApiSimCase):
         sim.fault("429")
         self.assertEqual(self.get(sim, "ses_f1").headers["Retry-After"], "1")
         faults = sim.counters()["faults"]
-        self.assertEqual((faults["500"], faults["502"], faults["503"], faults["429"]), (2, 2, 3, 2))
+        self.assertEqual((faults["500"], faults["502"], faults["503"], faults["429"], faults["404"]),
+                         (2, 2, 3, 2, 2))
+        self.assertEqual(self.get(sim, "ses_f1").json()["id"], "ses_f1")
 
     def test_reset_closes_the_connection_without_a_response(self):
         sim = self.sim

@@ -1754,6 +1754,11 @@ static void socket_done(ConfigSocket *s)
         free(s->group);
 }
 
+void config_release_sessions(Config *c)
+{
+        strv_clear(&c->watch.sessions, &c->watch.n_sessions, false);
+}
+
 void config_free(Config *c)
 {
         if (!c)

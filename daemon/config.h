@@ -158,6 +158,10 @@ void config_env_from_environ(ConfigEnv *ret);
 int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errbuf, size_t errlen);
 void config_free(Config *c);
 
+/* Frees the [watch] session list (leaving it empty) once the daemon has
+ * copied it into its table: a million ids need not be held twice. */
+void config_release_sessions(Config *c);
+
 /* "1ms", "5s", "30m", "24h", "2d" (and "0"). -EINVAL for bad syntax, a
  * missing or unknown unit; -ERANGE on overflow. */
 int config_parse_duration(const char *s, uint64_t *ret_ms);

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "log.h"
 #include "scheduler.h"
 #include "sessions.h"
+#include "state.h"
 
 /* How long a stop waits for requests in flight before cancelling them. */
 #define STOP_GRACE_MS 2000
@@ -62,6 +64,9 @@ struct Daemon {
 
         Sink **sinks;
         size_t n_sinks;
+
+        State *state; /* NULL: no state folder configured */
+        size_t state_dropped; /* loaded sessions no longer watched */
 
         PollSlot *slots;
         uint32_t free_slot;
@@ -155,6 +160,32 @@ static void schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms)
                 log_error_errno(r, "Failed to schedule session '%s': %m", sessions_id(d->table, i));
 }
 
+/* Makes a session's durable fields durable (asynchronously): after its
+ * events went out, so a crash in between repeats an event (with the same
+ * id) rather than losing it. */
+static void persist(Daemon *d, SessionIndex i)
+{
+        const Session *rec = sessions_get(d->table, i);
+        StateSession ss = {
+                .id = sessions_id(d->table, i),
+                .id_len = rec->id_len,
+                .updated_at_us = rec->updated_at_us,
+                .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
+                         ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+        };
+        int r;
+
+        if (!d->state)
+                return;
+        if (rec->flags & SESSION_SEEN) {
+                ss.status = sessions_status_raw(d->table, i);
+                ss.status_len = strlen(ss.status);
+        }
+        r = state_put_session(d->state, &ss);
+        if (r < 0)
+                log_error_errno(r, "Failed to record the state of session '%s': %m", ss.id);
+}
+
 /* The session answered 200: decide whether it changed, emit, plan the next
  * poll. Returns API_OK or API_DECODE. */
 static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp)
@@ -199,6 +230,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                         d->stats.transitions++;
                         emit(d, &e, resp->done_usec);
                 }
+                persist(d, i);
         }
         session_snapshot_done(&snap);
 
@@ -247,6 +279,7 @@ static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp
                 return;
         }
         emit(d, &e, resp->done_usec);
+        persist(d, i);
 }
 
 static void handle_auth(Daemon *d, SessionIndex i, long status)
@@ -445,6 +478,13 @@ static void finish(Daemon *d)
         /* Cancels whatever is still in flight; their completions run first. */
         if (d->mux)
                 httpmux_close(d->mux, on_mux_closed, d);
+        /* Blocking is fine now: nothing else is left to do. After a clean
+         * stop the file holds everything, so a restart repeats no event. */
+        if (d->state) {
+                (void)state_flush_sync(d->state);
+                state_close(d->state, NULL, NULL);
+                d->state = NULL;
+        }
 }
 
 static void on_stop_timer(uv_timer_t *t)
@@ -509,8 +549,9 @@ static int setup_sinks(Daemon *d, const DaemonOptions *o)
 
 static int setup_sessions(Daemon *d)
 {
-        const Config *c = d->config;
+        Config *c = d->config;
         uint64_t now = uv_now(&d->loop);
+        size_t id_bytes = 0, n = c->watch.n_sessions;
         int r;
 
         r = sessions_new(c->poll.max_sessions, &d->table);
@@ -529,6 +570,13 @@ static int setup_sessions(Daemon *d)
         if (r < 0)
                 return r;
 
+        if (n > c->poll.max_sessions)
+                n = c->poll.max_sessions;
+        for (size_t k = 0; k < n; k++)
+                id_bytes += strlen(c->watch.sessions[k]);
+        if ((r = sessions_reserve(d->table, n, id_bytes)) < 0 || (r = scheduler_reserve(&d->sched, n)) < 0)
+                return r;
+
         for (size_t k = 0; k < c->watch.n_sessions; k++) {
                 const char *id = c->watch.sessions[k];
                 SessionIndex i;
@@ -543,9 +591,155 @@ static int setup_sessions(Daemon *d)
                 }
                 if (r < 0)
                         return r;
+        }
+
+        /* The table holds the ids now; the config's copies would double the
+         * memory of a long watch list. */
+        config_release_sessions(c);
+        return 0;
+}
+
+/* state_open() callback, before the loop runs: one stored session. */
+static int on_state_session(void *userdata, const StateSession *ss)
+{
+        Daemon *d = userdata;
+        SessionIndex i = sessions_find(d->table, ss->id, ss->id_len);
+        Session *rec;
+        int r;
+
+        if (i == SESSION_INDEX_NONE) {
+                /* Watched no more: neither in the config nor added at run time. */
+                if (!(ss->flags & STATE_SESSION_DYNAMIC)) {
+                        d->state_dropped++;
+                        return 0;
+                }
+                r = sessions_add(d->table, ss->id, ss->id_len, SESSION_DYNAMIC, &i);
+                if (r == -ENOSPC) {
+                        d->state_dropped++;
+                        return 0;
+                }
+                if (r < 0)
+                        return r;
+        }
+        rec = sessions_get(d->table, i);
+        if (ss->flags & STATE_SESSION_DYNAMIC)
+                rec->flags |= SESSION_DYNAMIC;
+        if (ss->status) {
+                r = sessions_restore(d->table, i, ss->status, ss->status_len, ss->updated_at_us);
+                if (r < 0)
+                        return r;
+        }
+        if (ss->flags & STATE_SESSION_GONE)
+                rec->flags |= SESSION_GONE;
+        else
+                rec->flags &= ~SESSION_GONE;
+        return 0;
+}
+
+/* state_open() callback, before the loop runs: a session was unwatched. */
+static int on_state_removed(void *userdata, const char *id, size_t len)
+{
+        Daemon *d = userdata;
+        SessionIndex i = sessions_find(d->table, id, len);
+
+        if (i == SESSION_INDEX_NONE)
+                return 0;
+        if (sessions_get(d->table, i)->flags & SESSION_CONFIGURED) {
+                /* Listed in the config again since: it stays, but what was
+                 * known about it went with the removal. */
+                sessions_get(d->table, i)->flags &= ~(SESSION_DYNAMIC | SESSION_SEEN | SESSION_REPLAY | SESSION_GONE);
+                return 0;
+        }
+        sessions_remove(d->table, i);
+        return 0;
+}
+
+/* The state module's compaction iterator, on the loop thread. */
+static int on_state_next(void *userdata, size_t *cursor, StateSession *ret)
+{
+        Daemon *d = userdata;
+        size_t n = sessions_capacity(d->table);
+
+        for (; *cursor < n; (*cursor)++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)*cursor);
+
+                if (rec->flags & SESSION_REMOVED)
+                        continue;
+                /* A configured session never observed has nothing to keep. */
+                if (!(rec->flags & (SESSION_SEEN | SESSION_DYNAMIC)))
+                        continue;
+                *ret = (StateSession){
+                        .id = sessions_id(d->table, (SessionIndex)*cursor),
+                        .id_len = rec->id_len,
+                        .updated_at_us = (rec->flags & SESSION_SEEN) ? rec->updated_at_us : 0,
+                        .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
+                                 ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+                };
+                if (rec->flags & SESSION_SEEN) {
+                        ret->status = sessions_status_raw(d->table, (SessionIndex)*cursor);
+                        ret->status_len = strlen(ret->status);
+                }
+                (*cursor)++;
+                return 1;
+        }
+        return 0;
+}
+
+static const StateCallbacks state_callbacks = {
+        .session = on_state_session,
+        .removed = on_state_removed,
+        .next = on_state_next,
+};
+
+static int setup_state(Daemon *d)
+{
+        StateOptions so = { .path = d->config->state.path };
+        StateLoadReport report = {};
+        int r;
+
+        if (!so.path) {
+                log_notice("No [state] path and no $STATE_DIRECTORY: session state is not kept across restarts.");
+                return 0;
+        }
+        r = state_open(&d->loop, &so, &state_callbacks, d, &d->state, &report);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load the state in '%s': %m", so.path);
+        if (report.corrupt)
+                log_error("The state file in '%s' was unreadable (%s); it was moved to '%s' and the daemon "
+                          "starts with empty state.",
+                          so.path, report.corrupt_reason ? report.corrupt_reason : "corrupt",
+                          report.corrupt_path ? report.corrupt_path : "(not yet moved)");
+        if (report.torn_bytes > 0)
+                log_notice("Dropped a torn last record (%" PRIu64 " bytes) from the state file in '%s'.",
+                           report.torn_bytes, so.path);
+        log_info("Loaded %" PRIu64 " state record(s) from '%s' in %" PRIu64 " ms%s.", report.records, so.path,
+                 report.duration_us / 1000, report.degraded ? " (the folder cannot be written now)" : "");
+        if (d->state_dropped > 0) {
+                log_info("Forgetting %zu stored session(s) that are no longer watched.", d->state_dropped);
+                (void)state_compact(d->state);
+        }
+        return 0;
+}
+
+/* Plans the first poll of every session that still needs polling: terminal
+ * and gone ones (restored from state) are done. */
+static int schedule_all(Daemon *d)
+{
+        uint64_t now = uv_now(&d->loop);
+        size_t n = sessions_capacity(d->table);
+        int r;
+
+        for (size_t k = 0; k < n; k++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+
+                if (rec->flags & (SESSION_REMOVED | SESSION_GONE))
+                        continue;
+                if ((rec->flags & SESSION_SEEN) && session_status_is_terminal(rec->status))
+                        continue;
                 /* Spread the first polls over one interval so a long watch
                  * list does not arrive at the API in one burst. */
-                r = scheduler_schedule(&d->sched, i, now + scheduler_spread(&d->sched, c->poll.interval_ms));
+                r = scheduler_schedule(&d->sched, (SessionIndex)k,
+                                       now + scheduler_spread(&d->sched, d->config->poll.interval_ms));
                 if (r < 0)
                         return r;
         }
@@ -648,7 +842,7 @@ int daemon_run(const DaemonOptions *o)
         d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = &d;
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
-            (r = setup_http(&d)) < 0) {
+            (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 || (r = setup_http(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -661,6 +855,9 @@ int daemon_run(const DaemonOptions *o)
          * die of SIGPIPE. */
         signal(SIGPIPE, SIG_IGN);
 
+        /* Start-up freed the config's copies of a possibly long watch list:
+         * hand those pages back rather than carry them as resident memory. */
+        malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
         (void)sd_notify(0, "READY=1");
         dispatch(&d);

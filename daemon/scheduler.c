@@ -98,6 +98,21 @@ static void sift_down(Scheduler *s, size_t pos)
         heap_set(s, pos, i);
 }
 
+int scheduler_reserve(Scheduler *s, size_t n)
+{
+        size_t need = s->n_heap + n;
+        uint32_t *h;
+
+        if (need <= s->cap_heap)
+                return 0;
+        h = realloc(s->heap, need * sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        s->heap = h;
+        s->cap_heap = need;
+        return 0;
+}
+
 int scheduler_schedule(Scheduler *s, SessionIndex i, uint64_t due_ms)
 {
         Session *rec = sessions_get(s->table, i);

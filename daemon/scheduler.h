@@ -41,6 +41,9 @@ int scheduler_init(Scheduler *s, SessionTable *table, const SchedulerOptions *op
 void scheduler_done(Scheduler *s);
 void scheduler_set_options(Scheduler *s, const SchedulerOptions *opt);
 
+/* Makes room for `n` more scheduled sessions in one allocation. */
+int scheduler_reserve(Scheduler *s, size_t n);
+
 /* Puts session i in the heap due at `due_ms` (moving it if it is there). */
 int scheduler_schedule(Scheduler *s, SessionIndex i, uint64_t due_ms);
 void scheduler_unschedule(Scheduler *s, SessionIndex i);

@@ -185,6 +185,37 @@ static int arena_compact(SessionTable *t)
         return 0;
 }
 
+int sessions_reserve(SessionTable *t, size_t n, size_t id_bytes)
+{
+        size_t want_slots = t->n_slots, need;
+        void *p;
+
+        need = t->n_recs + n;
+        if (need > t->cap_recs) {
+                p = realloc(t->recs, need * sizeof(Session));
+                if (!p)
+                        return -ENOMEM;
+                t->recs = p;
+                t->cap_recs = need;
+        }
+        need = t->arena_len + id_bytes + n; /* each id has its NUL */
+        if (need > t->arena_cap) {
+                p = realloc(t->arena, need);
+                if (!p)
+                        return -ENOMEM;
+                t->arena = p;
+                t->arena_cap = need;
+        }
+        while ((t->count + n) * 2 > want_slots)
+                want_slots *= 2;
+        while (t->n_slots < want_slots) {
+                int r = slots_grow(t);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int sessions_add(SessionTable *t, const char *id, size_t len, uint8_t flags, SessionIndex *ret)
 {
         uint64_t h;

@@ -58,6 +58,11 @@ typedef struct Observation {
 int sessions_new(size_t max_sessions, SessionTable **ret);
 void sessions_free(SessionTable *t);
 
+/* Makes room for `n` more sessions whose ids take `id_bytes` bytes in all,
+ * so that loading a long watch list allocates once and exactly (growth
+ * slack would otherwise cost up to half the table). */
+int sessions_reserve(SessionTable *t, size_t n, size_t id_bytes);
+
 /* Adds `id` (validated by the caller) with `flags`. Returns 0 and the new
  * index, -EEXIST and the existing index, -ENOSPC past max_sessions, -ENOMEM. */
 int sessions_add(SessionTable *t, const char *id, size_t len, uint8_t flags, SessionIndex *ret);

@@ -74,6 +74,14 @@ struct PollContext {
         /* Opened by opensocket_cb: lives until closesocket_cb. Otherwise the
          * socket is libcurl's own and the context lives until CURL_POLL_REMOVE. */
         bool ours;
+        /* libcurl waits on this socket (between its POLL_IN/OUT and
+         * POLL_REMOVE), and the uv events we poll for now (0: stopped). An
+         * idle keep-alive socket stays in epoll for reading after
+         * CURL_POLL_REMOVE: libcurl re-adds it for the next request moments
+         * later, and leaving it registered saves an epoll_ctl() pair per
+         * request. It reads nothing while idle, unless the server closes. */
+        bool wanted;
+        int events;
 };
 
 struct Transfer {
@@ -436,6 +444,17 @@ static void on_poll_event(uv_poll_t *handle, int status, int events)
         PollContext *c = handle->data;
         int flags = 0;
 
+        /* libuv stops a poll handle itself when it reports an error. */
+        if (status < 0)
+                c->events = 0;
+        if (!c->wanted) {
+                /* An idle connection woke up: the server closed it (or sent
+                 * something unasked). libcurl finds out when it next picks
+                 * the connection; until then, stop listening to it. */
+                (void)uv_poll_stop(&c->poll);
+                c->events = 0;
+                return;
+        }
         if (status < 0)
                 flags = CURL_CSELECT_ERR;
         else {
@@ -465,11 +484,19 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         if (what == CURL_POLL_REMOVE) {
                 if (!c)
                         return 0;
-                if (c->ours)
+                if (c->ours) {
                         /* The connection may go back to the cache and be reused:
-                         * keep the context until libcurl closes the socket. */
-                        (void)uv_poll_stop(&c->poll);
-                else
+                         * keep the context until libcurl closes the socket, and
+                         * keep polling it for reading (see PollContext). A
+                         * writable socket would fire at once: stop that. */
+                        c->wanted = false;
+                        if (c->events & UV_WRITABLE) {
+                                (void)uv_poll_stop(&c->poll);
+                                c->events = 0;
+                        }
+                        /* An idle connection must not keep the loop alive. */
+                        uv_unref((uv_handle_t *)&c->poll);
+                } else
                         /* libcurl closes its own sockets right after this. */
                         poll_context_close(m, c);
                 return 0;
@@ -490,7 +517,16 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         if (what & CURL_POLL_OUT)
                 events |= UV_WRITABLE;
 
-        return uv_poll_start(&c->poll, events, on_poll_event) < 0 ? -1 : 0;
+        c->wanted = true;
+        uv_ref((uv_handle_t *)&c->poll);
+        /* libuv re-registers the fd with epoll on every uv_poll_start(), even
+         * for the same events: skip the call when nothing changes. */
+        if (events == c->events)
+                return 0;
+        if (uv_poll_start(&c->poll, events, on_poll_event) < 0)
+                return -1;
+        c->events = events;
+        return 0;
 }
 
 /* libuv timer callback: runs on the loop when libcurl's timeout expires. */

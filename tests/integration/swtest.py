@@ -44,6 +44,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -837,13 +838,19 @@ def _unique_path(directory, filename):
 
 
 def _write_private(path, text):
-    """Write ``text`` to ``path`` with mode 0600 (also when it existed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``text`` to ``path`` with mode 0600 (also when it existed).
+
+    The file is replaced atomically (a temporary file renamed over it), so a
+    daemon reading the key at that moment sees the old or the new key, never
+    an empty file."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+    os.rename(tmp, path)
 
 
 # ---------------------------------------------------------------------------

@@ -108,6 +108,13 @@ struct HttpMux {
         uv_loop_t *loop;
         CURLM *multi;
         uv_timer_t timer;
+        /* libcurl's "call me again at once" (a 0 ms timeout). An idle handle
+         * runs it on the next loop turn, after epoll has been asked: a 0 ms
+         * timer restarted from its own callback would run again before
+         * epoll, over and over, and libcurl would then find every response
+         * by poll(2)ing each socket itself instead of being told. */
+        uv_idle_t kick;
+        bool kick_closed;
 
         long max_connections;
         long timeout_ms;
@@ -538,14 +545,27 @@ static void on_timer_fire(uv_timer_t *handle)
 /* libcurl timer callback (CURLMOPT_TIMERFUNCTION): runs inside libcurl's multi
  * functions. A 0 ms timeout also starts the uv timer rather than calling
  * curl_multi_socket_action() from here, which would recurse into libcurl. */
+/* libuv idle callback: runs once on the next loop turn after libcurl asked
+ * to be called again at once. */
+static void on_kick(uv_idle_t *handle)
+{
+        (void)uv_idle_stop(handle);
+        mux_socket_action(handle->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
         HttpMux *m = userp;
 
         if (m->closing)
                 return 0;
-        if (timeout_ms < 0)
-                return uv_timer_stop(&m->timer) < 0 ? -1 : 0;
+        if (timeout_ms <= 0) {
+                (void)uv_timer_stop(&m->timer);
+                if (timeout_ms < 0)
+                        return uv_idle_stop(&m->kick) < 0 ? -1 : 0;
+                return uv_idle_start(&m->kick, on_kick) < 0 ? -1 : 0;
+        }
+        (void)uv_idle_stop(&m->kick);
         return uv_timer_start(&m->timer, on_timer_fire, (uint64_t)timeout_ms, 0) < 0 ? -1 : 0;
 }
 
@@ -1048,6 +1068,9 @@ int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret)
         if (r < 0)
                 goto fail;
         m->timer.data = m;
+        /* uv_idle_init() cannot fail. */
+        (void)uv_idle_init(loop, &m->kick);
+        m->kick.data = m;
 
         *ret = m;
         return 0;
@@ -1062,7 +1085,7 @@ static void mux_maybe_finish_close(HttpMux *m)
         void (*closed)(void *userdata);
         void *userdata;
 
-        if (!m->closing || !m->timer_closed || m->stats.poll_contexts > 0)
+        if (!m->closing || !m->timer_closed || !m->kick_closed || m->stats.poll_contexts > 0)
                 return;
 
         closed = m->closed;
@@ -1079,6 +1102,14 @@ static void on_timer_close(uv_handle_t *handle)
         HttpMux *m = handle->data;
 
         m->timer_closed = true;
+        mux_maybe_finish_close(m);
+}
+
+static void on_kick_close(uv_handle_t *handle)
+{
+        HttpMux *m = handle->data;
+
+        m->kick_closed = true;
         mux_maybe_finish_close(m);
 }
 
@@ -1099,6 +1130,7 @@ static void on_close_timer(uv_timer_t *handle)
                 transfer_free(t);
         }
 
+        uv_close((uv_handle_t *)&m->kick, on_kick_close);
         uv_close((uv_handle_t *)&m->timer, on_timer_close);
 }
 
@@ -1113,6 +1145,7 @@ void httpmux_close(HttpMux *m, void (*closed)(void *userdata), void *userdata)
         m->closed = closed;
         m->closed_userdata = userdata;
         (void)uv_timer_stop(&m->timer);
+        (void)uv_idle_stop(&m->kick);
 
         /* Detach every transfer in flight; their connections close (and so do
          * the poll contexts, via closesocket_cb). We are not inside a libcurl

@@ -115,6 +115,8 @@ struct HttpMux {
          * by poll(2)ing each socket itself instead of being told. */
         uv_idle_t kick;
         bool kick_closed;
+        /* A proxy variable was set at start: let libcurl honour it. */
+        bool proxy_from_env;
 
         long max_connections;
         long timeout_ms;
@@ -663,6 +665,10 @@ static int transfer_new(HttpMux *m, Transfer **ret)
         ok = ok && curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK;
         ok = ok && curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK;
         ok = ok && curl_easy_setopt(e, CURLOPT_USERAGENT, m->user_agent) == CURLE_OK;
+        /* Without a proxy in the environment, say so once: libcurl would
+         * otherwise look up (and copy) the proxy variables on every request. */
+        if (!m->proxy_from_env)
+                ok = ok && curl_easy_setopt(e, CURLOPT_PROXY, "") == CURLE_OK;
         if (ok && m->ca_blob) {
                 /* The mux outlives every easy handle, so libcurl need not copy. */
                 struct curl_blob blob = {
@@ -1025,6 +1031,16 @@ int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret)
             options->max_connections > 0 ? options->max_connections : DEFAULT_MAX_CONNECTIONS;
         m->timeout_ms = options->timeout_ms > 0 ? options->timeout_ms : DEFAULT_TIMEOUT_MS;
         m->max_body = options->max_body > 0 ? options->max_body : DEFAULT_MAX_BODY;
+        {
+                /* The variables libcurl consults for an http(s) URL. */
+                static const char *const proxy_vars[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
+                                                           "all_proxy", "ALL_PROXY" };
+                for (size_t k = 0; k < sizeof(proxy_vars) / sizeof(proxy_vars[0]); k++) {
+                        const char *v = getenv(proxy_vars[k]);
+                        if (v && *v)
+                                m->proxy_from_env = true;
+                }
+        }
         /* Keep body_len + 1 and the realloc bound from overflowing. */
         if (m->max_body > SIZE_MAX / 4)
                 m->max_body = SIZE_MAX / 4;

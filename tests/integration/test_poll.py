@@ -64,7 +64,7 @@ class PollTest(unittest.TestCase):
         return swtest.ApiSim(self.tmp, scenario={"sessions": sessions}, key=KEY, extra_args=extra_args,
                              name=name).register(self).start()
 
-    def start_daemon(self, url, ids, api=None, poll=None, key=KEY, name="sessionwatchd"):
+    def start_daemon(self, url, ids, api=None, poll=None, key=KEY, name="sessionwatchd", env=None):
         config = {
             "api": {"url": url, "key-file": "@KEY_FILE@", "rate-limit": "off", "timeout": "10s",
                     **(api or {})},
@@ -72,7 +72,7 @@ class PollTest(unittest.TestCase):
             "watch": {"session": list(ids)},
             "journal": {"enable": False},
         }
-        daemon = swtest.Daemon(self.tmp, config, api_key=key, print_events=True, name=name)
+        daemon = swtest.Daemon(self.tmp, config, api_key=key, print_events=True, name=name, env=env)
         daemon.register(self)
         self.daemons.append(daemon)
         return daemon.start()
@@ -350,6 +350,25 @@ class PollTest(unittest.TestCase):
         self.assertEqual(daemon.events(), [])
         self.assertTrue(daemon.running)
         self.assertNotIn(wrong_key, daemon.stderr_text() + daemon.stdout_text())
+
+    def test_proxy_from_the_environment(self):
+        sid = f"sesproxy{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])
+        # A proxy address where nothing listens: a daemon that uses it
+        # cannot reach apisim at all.
+        dead_proxy = f"http://127.0.0.1:{swtest.free_port()}"
+        proxied = self.start_daemon(sim.url, [sid], env={"http_proxy": dead_proxy, "no_proxy": None,
+                                                         "NO_PROXY": None},
+                                    name="sessionwatchd-proxied")
+        proxied.wait_for_stderr("failed: network", timeout=15)
+        self.assertEqual(self.count(sim, sid), 0, "requests bypassed the configured proxy")
+        self.assertEqual(proxied.events(), [])
+        # no_proxy exempts the API's host: polling works through the same
+        # environment otherwise.
+        exempt = self.start_daemon(sim.url, [sid], env={"http_proxy": dead_proxy, "no_proxy": "127.0.0.1"},
+                                   name="sessionwatchd-no-proxy")
+        self.wait_first_events(exempt, [sid])
+        self.assertGreater(self.count(sim, sid), 0)
 
     def test_sigterm_with_requests_in_flight(self):
         ids = [f"sesterm{n}{uuid.uuid4().hex[:6]}" for n in range(4)]

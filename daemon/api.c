@@ -10,7 +10,7 @@ static const char *const outcome_names[_API_OUTCOME_MAX] = {
         [API_OK] = "ok",                 [API_AUTH] = "auth",         [API_NOT_FOUND] = "not_found",
         [API_RATE_LIMITED] = "rate_limited", [API_SERVER] = "http_5xx", [API_CLIENT] = "http_4xx",
         [API_TIMEOUT] = "timeout",       [API_NETWORK] = "network",   [API_TOO_LARGE] = "too_large",
-        [API_DECODE] = "decode",         [API_CANCELLED] = "cancelled",
+        [API_DECODE] = "decode",         [API_CANCELLED] = "cancelled", [API_FORBIDDEN] = "forbidden",
 };
 
 const char *api_outcome_to_string(ApiOutcome o)
@@ -147,8 +147,11 @@ ApiOutcome api_classify(const HttpResponse *r)
         case 200:
                 return API_OK;
         case 401:
-        case 403:
                 return API_AUTH;
+        case 403:
+                /* Sessions can be private: a 403 speaks of one session, not
+                 * of the key, so it must not hold the others. */
+                return API_FORBIDDEN;
         case 404:
                 return API_NOT_FOUND;
         case 429:

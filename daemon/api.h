@@ -12,7 +12,8 @@
 
 typedef enum ApiOutcome {
         API_OK,           /* 200 */
-        API_AUTH,         /* 401, 403: the key is wrong; hold every request */
+        API_AUTH,         /* 401: the key is wrong; hold every request */
+        API_FORBIDDEN,    /* 403: the key may not read this session (a private one) */
         API_NOT_FOUND,    /* 404 */
         API_RATE_LIMITED, /* 429: hold every request until Retry-After */
         API_SERVER,       /* 5xx */

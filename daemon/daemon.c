@@ -30,6 +30,13 @@
 #define AUTH_PAUSE_MAX_MS 600000
 /* A 429 without a usable Retry-After holds requests this long. */
 #define RATE_LIMIT_DEFAULT_MS 5000
+/* The longest hold a Retry-After may impose: a bad value must not silence
+ * the daemon for days. */
+#define RATE_LIMIT_MAX_MS 3600000
+/* The longest status string taken in: what the state file can store, so that
+ * every transition can be made durable (and a server cannot make the daemon
+ * intern megabytes of "statuses"). */
+#define STATUS_MAX STATE_STATUS_MAX
 
 typedef struct Daemon Daemon;
 
@@ -203,6 +210,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
          * that may carry news goes through the full decoder, which stays the
          * authority on what a valid session is. */
         if (decode_session_quick(resp->body, resp->body_len, &q) == 0 && q.id_len == rec->id_len &&
+            q.status_raw_len <= STATUS_MAX &&
             memcmp(q.id, id, q.id_len) == 0 &&
             sessions_peek(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us) != OBSERVE_TRANSITION) {
                 d->stats.quick_decodes++;
@@ -215,6 +223,12 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 goto bad;
         if (snap.id_len != rec->id_len || memcmp(snap.id, id, snap.id_len) != 0) {
                 reason = "the answer is about another session";
+                session_snapshot_done(&snap);
+                goto bad;
+        }
+        if (snap.status_raw_len > STATUS_MAX) {
+                reason = "field 'status' is longer than 1024 bytes";
+                session_snapshot_done(&snap);
                 goto bad;
         }
 
@@ -311,6 +325,12 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
         uint64_t wait = retry_after_ms >= 0 ? (uint64_t)retry_after_ms : RATE_LIMIT_DEFAULT_MS;
         unsigned suppressed;
 
+        if (wait > RATE_LIMIT_MAX_MS) {
+                log_warning("Retry-After asks for %" PRIu64 " s; holding requests for %d s only.", wait / 1000,
+                            RATE_LIMIT_MAX_MS / 1000);
+                wait = RATE_LIMIT_MAX_MS;
+        }
+
         if (now + wait > d->sched.paused_until_ms &&
             log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
                 log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
@@ -330,7 +350,8 @@ static void handle_failure(Daemon *d, SessionIndex i, ApiOutcome o, const HttpRe
         if (rec->failures < UINT8_MAX)
                 rec->failures++;
         delay = scheduler_backoff(&d->sched, rec->status, rec->failures);
-        if (o != API_DECODE && log_ratelimit_ok(&d->poll_errors_rl, uv_now(&d->loop), &suppressed)) {
+        if (o != API_DECODE && o != API_FORBIDDEN &&
+            log_ratelimit_ok(&d->poll_errors_rl, uv_now(&d->loop), &suppressed)) {
                 if (resp->error == HTTP_OK)
                         log_warning("Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64
                                     " ms (%u similar messages suppressed).",
@@ -382,6 +403,13 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 break;
         case API_CANCELLED:
                 break;
+        case API_FORBIDDEN:
+                /* One private session: say so once, then back off on it alone. */
+                if (rec->failures == 0)
+                        log_warning("The API refuses access to session '%s' (HTTP 403); retrying with backoff.",
+                                    sessions_id(d->table, i));
+                handle_failure(d, i, o, resp);
+                break;
         default:
                 handle_failure(d, i, o, resp);
                 break;
@@ -411,6 +439,7 @@ static void dispatch(Daemon *d)
                 if (!slot) { /* cannot happen: slots match max_in_flight */
                         scheduler_complete(&d->sched);
                         schedule_after(d, i, 1);
+                        wake = now + 1;
                         break;
                 }
                 slot->daemon = d;
@@ -790,12 +819,12 @@ static void log_stats(const Daemon *d)
                 total += s->polls[k];
         log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
                  ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
-                 ", not_found %" PRIu64 ", auth %" PRIu64 "), %" PRIu64 " transitions, %" PRIu64
+                 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64 "), %" PRIu64 " transitions, %" PRIu64
                  " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64 " us, p99 <= %" PRIu64
                  " us.",
                  total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
                  s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT], s->polls[API_NETWORK] + s->polls[API_TOO_LARGE],
-                 s->polls[API_DECODE], s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->transitions, s->events,
+                 s->polls[API_DECODE], s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->polls[API_FORBIDDEN], s->transitions, s->events,
                  s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }
 

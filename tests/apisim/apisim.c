@@ -387,6 +387,10 @@ static int server_fault_answer(struct MHD_Connection *conn, const struct fault_a
                  * client sees a known session vanish (deleted, or access lost). */
                 *ret = server_error(conn, MHD_HTTP_NOT_FOUND, 0, "session not found");
                 return 0;
+        case FAULT_403:
+                /* What a private session answers to a key without access. */
+                *ret = server_error(conn, MHD_HTTP_FORBIDDEN, 0, "forbidden");
+                return 0;
         case FAULT_429:
                 *ret = server_error(conn, 429, fa->retry_after ? fa->retry_after : 1,
                                     "simulated 429 Too Many Requests");

@@ -35,6 +35,7 @@ static const char *const faults_names[FAULT_KIND_MAX] = {
     [FAULT_502] = "502",
     [FAULT_503] = "503",
     [FAULT_404] = "404",
+    [FAULT_403] = "403",
     [FAULT_429] = "429",
     [FAULT_DELAY] = "delay",
     [FAULT_RESET] = "reset",

@@ -124,6 +124,7 @@ enum fault_kind {
         FAULT_502,
         FAULT_503,
         FAULT_404,
+        FAULT_403,
         FAULT_429,
         FAULT_DELAY,
         FAULT_RESET,

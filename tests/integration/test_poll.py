@@ -351,6 +351,34 @@ class PollTest(unittest.TestCase):
         self.assertTrue(daemon.running)
         self.assertNotIn(wrong_key, daemon.stderr_text() + daemon.stdout_text())
 
+    def test_forbidden_session_holds_only_itself(self):
+        private = f"sesprivate{uuid.uuid4().hex[:8]}"
+        witness = f"seswitness{uuid.uuid4().hex[:6]}"
+        sim = self.start_sim([swtest.sim_session(private, [[0, "Active"]]),
+                              swtest.sim_session(witness, [[0, "Active"]])])
+        sim.fault("403", probability=1.0, session=private)
+        daemon = self.start_daemon(sim.url, [private, witness])
+        daemon.wait_for_stderr("refuses access to session", timeout=15)
+        # The other session keeps its pace: 40 polls at 50 ms, well before
+        # any key-wide hold-off (30 s) could end.
+        self.wait_polls(sim, witness, 40, timeout=10)
+        text = daemon.stderr_text()
+        self.assertEqual(text.count("refuses access"), 1, text)
+        self.assertNotIn("rejected the key", text)
+        self.assertEqual([e["subject"] for e in daemon.events()], [witness])
+
+    def test_overlong_status_is_not_taken_in(self):
+        sid = f"seslong{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])
+        daemon = self.start_daemon(sim.url, [sid])
+        self.wait_first_events(daemon, [sid])
+        sim.set_status(sid, "X" * 1100)
+        daemon.wait_for_stderr("longer than 1024 bytes", timeout=15)
+        self.wait_polls(sim, sid, 1)
+        sim.set_status(sid, "Failed")
+        daemon.wait_for_event(lambda e: e["data"]["status"] == "Failed", timeout=15)
+        self.assertEqual([e["data"]["status"] for e in daemon.events()], ["Active", "Failed"])
+
     def test_proxy_from_the_environment(self):
         sid = f"sesproxy{uuid.uuid4().hex[:8]}"
         sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])

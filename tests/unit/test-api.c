@@ -57,7 +57,7 @@ static void test_classify(void **state)
         } table[] = {
                 { HTTP_OK, 200, API_OK },
                 { HTTP_OK, 401, API_AUTH },
-                { HTTP_OK, 403, API_AUTH },
+                { HTTP_OK, 403, API_FORBIDDEN },
                 { HTTP_OK, 404, API_NOT_FOUND },
                 { HTTP_OK, 429, API_RATE_LIMITED },
                 { HTTP_OK, 500, API_SERVER },

@@ -7,10 +7,18 @@
 #include "api.h"
 
 static const char *const outcome_names[_API_OUTCOME_MAX] = {
-        [API_OK] = "ok",                 [API_AUTH] = "auth",         [API_NOT_FOUND] = "not_found",
-        [API_RATE_LIMITED] = "rate_limited", [API_SERVER] = "http_5xx", [API_CLIENT] = "http_4xx",
-        [API_TIMEOUT] = "timeout",       [API_NETWORK] = "network",   [API_TOO_LARGE] = "too_large",
-        [API_DECODE] = "decode",         [API_CANCELLED] = "cancelled", [API_FORBIDDEN] = "forbidden",
+    [API_OK] = "ok",
+    [API_AUTH] = "auth",
+    [API_NOT_FOUND] = "not_found",
+    [API_RATE_LIMITED] = "rate_limited",
+    [API_SERVER] = "http_5xx",
+    [API_CLIENT] = "http_4xx",
+    [API_TIMEOUT] = "timeout",
+    [API_NETWORK] = "network",
+    [API_TOO_LARGE] = "too_large",
+    [API_DECODE] = "decode",
+    [API_CANCELLED] = "cancelled",
+    [API_FORBIDDEN] = "forbidden",
 };
 
 const char *api_outcome_to_string(ApiOutcome o)
@@ -39,7 +47,7 @@ int api_init(Api *a, HttpMux *mux, const ApiOptions *o)
 {
         int r;
 
-        *a = (Api){ .mux = mux };
+        *a = (Api){.mux = mux};
         if ((r = header_add(&a->headers, "X-Airplane-API-Key", o->key)) < 0 ||
             (r = header_add(&a->headers, "Accept", "application/json")) < 0)
                 goto fail;

@@ -72,7 +72,7 @@ struct Daemon {
         Sink **sinks;
         size_t n_sinks;
 
-        State *state; /* NULL: no state folder configured */
+        State *state;         /* NULL: no state folder configured */
         size_t state_dropped; /* loaded sessions no longer watched */
 
         PollSlot *slots;
@@ -174,11 +174,11 @@ static void persist(Daemon *d, SessionIndex i)
 {
         const Session *rec = sessions_get(d->table, i);
         StateSession ss = {
-                .id = sessions_id(d->table, i),
-                .id_len = rec->id_len,
-                .updated_at_us = rec->updated_at_us,
-                .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
-                         ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+            .id = sessions_id(d->table, i),
+            .id_len = rec->id_len,
+            .updated_at_us = rec->updated_at_us,
+            .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
+                     ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
         };
         int r;
 
@@ -210,9 +210,9 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
          * that may carry news goes through the full decoder, which stays the
          * authority on what a valid session is. */
         if (decode_session_quick(resp->body, resp->body_len, &q) == 0 && q.id_len == rec->id_len &&
-            q.status_raw_len <= STATUS_MAX &&
-            memcmp(q.id, id, q.id_len) == 0 &&
-            sessions_peek(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us) != OBSERVE_TRANSITION) {
+            q.status_raw_len <= STATUS_MAX && memcmp(q.id, id, q.id_len) == 0 &&
+            sessions_peek(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us) !=
+                OBSERVE_TRANSITION) {
                 d->stats.quick_decodes++;
                 (void)sessions_observe(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us, &obs);
                 goto reschedule;
@@ -254,7 +254,7 @@ reschedule:
                 schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
         return API_OK;
 
-bad: {
+bad : {
         unsigned suppressed;
 
         if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
@@ -279,7 +279,8 @@ static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp
                 if (rec->failures < UINT8_MAX)
                         rec->failures++;
                 if (!d->stopping)
-                        schedule_after(d, i, scheduler_backoff(&d->sched, SESSION_STATUS_PENDING, rec->failures));
+                        schedule_after(d, i,
+                                       scheduler_backoff(&d->sched, SESSION_STATUS_PENDING, rec->failures));
                 return;
         }
         if (rec->flags & SESSION_GONE)
@@ -326,13 +327,12 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
         unsigned suppressed;
 
         if (wait > RATE_LIMIT_MAX_MS) {
-                log_warning("Retry-After asks for %" PRIu64 " s; holding requests for %d s only.", wait / 1000,
-                            RATE_LIMIT_MAX_MS / 1000);
+                log_warning("Retry-After asks for %" PRIu64 " s; holding requests for %d s only.",
+                            wait / 1000, RATE_LIMIT_MAX_MS / 1000);
                 wait = RATE_LIMIT_MAX_MS;
         }
 
-        if (now + wait > d->sched.paused_until_ms &&
-            log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
+        if (now + wait > d->sched.paused_until_ms && log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
                 log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
                             " ms.",
                             wait);
@@ -406,8 +406,9 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         case API_FORBIDDEN:
                 /* One private session: say so once, then back off on it alone. */
                 if (rec->failures == 0)
-                        log_warning("The API refuses access to session '%s' (HTTP 403); retrying with backoff.",
-                                    sessions_id(d->table, i));
+                        log_warning(
+                            "The API refuses access to session '%s' (HTTP 403); retrying with backoff.",
+                            sessions_id(d->table, i));
                 handle_failure(d, i, o, resp);
                 break;
         default:
@@ -587,13 +588,13 @@ static int setup_sessions(Daemon *d)
         if (r < 0)
                 return r;
         SchedulerOptions so = {
-                .interval_ms = c->poll.interval_ms,
-                .waiting_interval_ms = c->poll.waiting_interval_ms,
-                .jitter_percent = c->poll.jitter_percent,
-                .backoff_max_ms = c->poll.backoff_max_ms,
-                .rate_per_sec = c->api.rate_per_sec,
-                .max_in_flight = c->api.max_connections,
-                .seed = (uint64_t)getpid() ^ (uint64_t)time(NULL),
+            .interval_ms = c->poll.interval_ms,
+            .waiting_interval_ms = c->poll.waiting_interval_ms,
+            .jitter_percent = c->poll.jitter_percent,
+            .backoff_max_ms = c->poll.backoff_max_ms,
+            .rate_per_sec = c->api.rate_per_sec,
+            .max_in_flight = c->api.max_connections,
+            .seed = (uint64_t)getpid() ^ (uint64_t)time(NULL),
         };
         r = scheduler_init(&d->sched, d->table, &so, now);
         if (r < 0)
@@ -676,7 +677,8 @@ static int on_state_removed(void *userdata, const char *id, size_t len)
         if (sessions_get(d->table, i)->flags & SESSION_CONFIGURED) {
                 /* Listed in the config again since: it stays, but what was
                  * known about it went with the removal. */
-                sessions_get(d->table, i)->flags &= ~(SESSION_DYNAMIC | SESSION_SEEN | SESSION_REPLAY | SESSION_GONE);
+                sessions_get(d->table, i)->flags &=
+                    ~(SESSION_DYNAMIC | SESSION_SEEN | SESSION_REPLAY | SESSION_GONE);
                 return 0;
         }
         sessions_remove(d->table, i);
@@ -698,11 +700,11 @@ static int on_state_next(void *userdata, size_t *cursor, StateSession *ret)
                 if (!(rec->flags & (SESSION_SEEN | SESSION_DYNAMIC)))
                         continue;
                 *ret = (StateSession){
-                        .id = sessions_id(d->table, (SessionIndex)*cursor),
-                        .id_len = rec->id_len,
-                        .updated_at_us = (rec->flags & SESSION_SEEN) ? rec->updated_at_us : 0,
-                        .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
-                                 ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+                    .id = sessions_id(d->table, (SessionIndex)*cursor),
+                    .id_len = rec->id_len,
+                    .updated_at_us = (rec->flags & SESSION_SEEN) ? rec->updated_at_us : 0,
+                    .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
+                             ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
                 };
                 if (rec->flags & SESSION_SEEN) {
                         ret->status = sessions_status_raw(d->table, (SessionIndex)*cursor);
@@ -715,19 +717,20 @@ static int on_state_next(void *userdata, size_t *cursor, StateSession *ret)
 }
 
 static const StateCallbacks state_callbacks = {
-        .session = on_state_session,
-        .removed = on_state_removed,
-        .next = on_state_next,
+    .session = on_state_session,
+    .removed = on_state_removed,
+    .next = on_state_next,
 };
 
 static int setup_state(Daemon *d)
 {
-        StateOptions so = { .path = d->config->state.path };
+        StateOptions so = {.path = d->config->state.path};
         StateLoadReport report = {};
         int r;
 
         if (!so.path) {
-                log_notice("No [state] path and no $STATE_DIRECTORY: session state is not kept across restarts.");
+                log_notice(
+                    "No [state] path and no $STATE_DIRECTORY: session state is not kept across restarts.");
                 return 0;
         }
         r = state_open(&d->loop, &so, &state_callbacks, d, &d->state, &report);
@@ -741,8 +744,9 @@ static int setup_state(Daemon *d)
         if (report.torn_bytes > 0)
                 log_notice("Dropped a torn last record (%" PRIu64 " bytes) from the state file in '%s'.",
                            report.torn_bytes, so.path);
-        log_info("Loaded %" PRIu64 " state record(s) from '%s' in %" PRIu64 " ms%s.", report.records, so.path,
-                 report.duration_us / 1000, report.degraded ? " (the folder cannot be written now)" : "");
+        log_info("Loaded %" PRIu64 " state record(s) from '%s' in %" PRIu64 " ms%s.", report.records,
+                 so.path, report.duration_us / 1000,
+                 report.degraded ? " (the folder cannot be written now)" : "");
         if (d->state_dropped > 0) {
                 log_info("Forgetting %zu stored session(s) that are no longer watched.", d->state_dropped);
                 (void)state_compact(d->state);
@@ -779,16 +783,16 @@ static int setup_http(Daemon *d)
 {
         const Config *c = d->config;
         HttpMuxOptions ho = {
-                .max_connections = c->api.max_connections,
-                .timeout_ms = (long)c->api.timeout_ms,
-                .max_body = c->api.max_body,
-                .ca_file = c->api.ca_file,
+            .max_connections = c->api.max_connections,
+            .timeout_ms = (long)c->api.timeout_ms,
+            .max_body = c->api.max_body,
+            .ca_file = c->api.ca_file,
         };
         ApiOptions ao = {
-                .url = c->api.url,
-                .key = c->api.api_key,
-                .team_id = c->api.team_id,
-                .env_slug = c->api.env_slug,
+            .url = c->api.url,
+            .key = c->api.api_key,
+            .team_id = c->api.team_id,
+            .env_slug = c->api.env_slug,
         };
         int r;
 
@@ -819,13 +823,14 @@ static void log_stats(const Daemon *d)
                 total += s->polls[k];
         log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
                  ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
-                 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64 "), %" PRIu64 " transitions, %" PRIu64
-                 " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64 " us, p99 <= %" PRIu64
-                 " us.",
+                 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64 "), %" PRIu64
+                 " transitions, %" PRIu64 " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64
+                 " us, p99 <= %" PRIu64 " us.",
                  total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
-                 s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT], s->polls[API_NETWORK] + s->polls[API_TOO_LARGE],
-                 s->polls[API_DECODE], s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->polls[API_FORBIDDEN], s->transitions, s->events,
-                 s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
+                 s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT],
+                 s->polls[API_NETWORK] + s->polls[API_TOO_LARGE], s->polls[API_DECODE],
+                 s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->polls[API_FORBIDDEN], s->transitions,
+                 s->events, s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }
 
 static void daemon_free(Daemon *d)
@@ -843,9 +848,9 @@ static void daemon_free(Daemon *d)
 int daemon_run(const DaemonOptions *o)
 {
         Daemon d = {
-                .poll_errors_rl = LOG_RATELIMIT_INIT(10000, 10),
-                .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
-                .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
+            .poll_errors_rl = LOG_RATELIMIT_INIT(10000, 10),
+            .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
+            .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
         };
         char errbuf[4096];
         ConfigEnv env;

@@ -1033,8 +1033,8 @@ int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret)
         m->max_body = options->max_body > 0 ? options->max_body : DEFAULT_MAX_BODY;
         {
                 /* The variables libcurl consults for an http(s) URL. */
-                static const char *const proxy_vars[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
-                                                           "all_proxy", "ALL_PROXY" };
+                static const char *const proxy_vars[] = {"http_proxy", "https_proxy", "HTTPS_PROXY",
+                                                         "all_proxy", "ALL_PROXY"};
                 for (size_t k = 0; k < sizeof(proxy_vars) / sizeof(proxy_vars[0]); k++) {
                         const char *v = getenv(proxy_vars[k]);
                         if (v && *v)

@@ -17,21 +17,21 @@ typedef struct uv_loop_s uv_loop_t;
 typedef struct HttpMux HttpMux;
 
 typedef enum HttpError {
-        HTTP_OK = 0,         /* a complete response with a status code arrived (any status) */
-        HTTP_ERR_TIMEOUT,    /* the request's timeout passed */
-        HTTP_ERR_CONNECT,    /* name resolution or connection failed */
-        HTTP_ERR_NETWORK,    /* reset, closed early, malformed response, other transport errors */
-        HTTP_ERR_TOO_LARGE,  /* the body exceeded max_body */
-        HTTP_ERR_TLS,        /* handshake or peer verification failed */
-        HTTP_ERR_CANCELLED,  /* httpmux_close() ran while the request was in flight */
-        HTTP_ERR_INTERNAL,   /* out of memory or libcurl refused the transfer */
+        HTTP_OK = 0,        /* a complete response with a status code arrived (any status) */
+        HTTP_ERR_TIMEOUT,   /* the request's timeout passed */
+        HTTP_ERR_CONNECT,   /* name resolution or connection failed */
+        HTTP_ERR_NETWORK,   /* reset, closed early, malformed response, other transport errors */
+        HTTP_ERR_TOO_LARGE, /* the body exceeded max_body */
+        HTTP_ERR_TLS,       /* handshake or peer verification failed */
+        HTTP_ERR_CANCELLED, /* httpmux_close() ran while the request was in flight */
+        HTTP_ERR_INTERNAL,  /* out of memory or libcurl refused the transfer */
         _HTTP_ERR_MAX,
 } HttpError;
 
 typedef struct HttpResponse {
         HttpError error;
-        long status;            /* HTTP status code when error == HTTP_OK, else 0 */
-        const char *body;       /* NUL-terminated; valid only during the callback */
+        long status;      /* HTTP status code when error == HTTP_OK, else 0 */
+        const char *body; /* NUL-terminated; valid only during the callback */
         size_t body_len;
         int64_t retry_after_ms; /* Retry-After (delta seconds or HTTP date) as ms from now; -1 if none */
         const char *error_text; /* libcurl's explanation when error != HTTP_OK, for logs */

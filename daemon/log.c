@@ -47,9 +47,8 @@ int log_get_max_level(void)
 int log_level_from_string(const char *s)
 {
         static const char *const names[] = {
-                [LOG_EMERG] = "emerg",   [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
-                [LOG_ERR] = "err",       [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-                [LOG_INFO] = "info",     [LOG_DEBUG] = "debug",
+            [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert",   [LOG_CRIT] = "crit", [LOG_ERR] = "err",
+            [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
         };
 
         if (!s)
@@ -69,9 +68,9 @@ int log_level_from_string(const char *s)
 int log_internal(int level, int error, const char *file, int line, const char *func, const char *format, ...)
 {
         static const char *const prefixes[] = {
-                [LOG_EMERG] = "emerg",   [LOG_ALERT] = "alert", [LOG_CRIT] = "critical",
-                [LOG_ERR] = "error",     [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-                [LOG_INFO] = "info",     [LOG_DEBUG] = "debug",
+            [LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",     [LOG_CRIT] = "critical",
+            [LOG_ERR] = "error",   [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
+            [LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
         };
         char buf[2048];
         int saved_errno = errno;

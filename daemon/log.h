@@ -25,9 +25,10 @@ int log_level_from_string(const char *s);
  * callers can write `return log_error_errno(r, "...: %m");`. `%m` prints
  * strerror(abs(error)). */
 int log_internal(int level, int error, const char *file, int line, const char *func, const char *format, ...)
-        __attribute__((format(printf, 6, 7)));
+    __attribute__((format(printf, 6, 7)));
 
-#define log_full_errno(level, error, ...) log_internal(level, error, __FILE__, __LINE__, __func__, __VA_ARGS__)
+#define log_full_errno(level, error, ...)                                                                   \
+        log_internal(level, error, __FILE__, __LINE__, __func__, __VA_ARGS__)
 #define log_full(level, ...) log_full_errno(level, 0, __VA_ARGS__)
 
 #define log_debug(...) log_full(LOG_DEBUG, __VA_ARGS__)
@@ -51,7 +52,10 @@ typedef struct LogRateLimit {
         unsigned suppressed;
 } LogRateLimit;
 
-#define LOG_RATELIMIT_INIT(interval, b) { .interval_ms = (interval), .burst = (b) }
+#define LOG_RATELIMIT_INIT(interval, b)                                                                     \
+        {                                                                                                   \
+                .interval_ms = (interval), .burst = (b)                                                     \
+        }
 
 /* Returns true when a line may be logged now; *ret_suppressed is set to the
  * number of lines dropped since the last allowed one. */

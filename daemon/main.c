@@ -31,15 +31,15 @@ int main(int argc, char **argv)
 {
         enum { OPT_CHECK = 0x100, OPT_LOG_LEVEL, OPT_PRINT, OPT_VERSION };
         static const struct option options[] = {
-                { "config", required_argument, NULL, 'c' },
-                { "check-config", no_argument, NULL, OPT_CHECK },
-                { "log-level", required_argument, NULL, OPT_LOG_LEVEL },
-                { "print-events", required_argument, NULL, OPT_PRINT },
-                { "help", no_argument, NULL, 'h' },
-                { "version", no_argument, NULL, OPT_VERSION },
-                {},
+            {"config", required_argument, NULL, 'c'},
+            {"check-config", no_argument, NULL, OPT_CHECK},
+            {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+            {"print-events", required_argument, NULL, OPT_PRINT},
+            {"help", no_argument, NULL, 'h'},
+            {"version", no_argument, NULL, OPT_VERSION},
+            {},
         };
-        DaemonOptions o = { .config_path = CONFIG_DEFAULT_PATH };
+        DaemonOptions o = {.config_path = CONFIG_DEFAULT_PATH};
         bool check = false;
         int c, level;
 
@@ -66,7 +66,8 @@ int main(int argc, char **argv)
                         else if (strcmp(optarg, "text") == 0)
                                 o.print = PRINT_TEXT;
                         else {
-                                fprintf(stderr, "sessionwatchd: --print-events takes 'json' or 'text', not '%s'\n",
+                                fprintf(stderr,
+                                        "sessionwatchd: --print-events takes 'json' or 'text', not '%s'\n",
                                         optarg);
                                 return EX_USAGE;
                         }

@@ -36,7 +36,7 @@ void scheduler_set_options(Scheduler *s, const SchedulerOptions *opt)
 
 int scheduler_init(Scheduler *s, SessionTable *table, const SchedulerOptions *opt, uint64_t now_ms)
 {
-        *s = (Scheduler){ .table = table, .refill_ms = now_ms, .rng = opt->seed };
+        *s = (Scheduler){.table = table, .refill_ms = now_ms, .rng = opt->seed};
         scheduler_set_options(s, opt);
         s->tokens = s->burst;
         return 0;

@@ -266,10 +266,10 @@ int sessions_add(SessionTable *t, const char *id, size_t len, uint8_t flags, Ses
         memcpy(t->arena + t->arena_len, id, len);
         t->arena[t->arena_len + len] = '\0';
         t->recs[i] = (Session){
-                .heap_pos = SESSION_INDEX_NONE,
-                .id_off = (uint32_t)t->arena_len,
-                .id_len = (uint8_t)len,
-                .flags = flags & ~(SESSION_SEEN | SESSION_IN_FLIGHT | SESSION_REMOVED),
+            .heap_pos = SESSION_INDEX_NONE,
+            .id_off = (uint32_t)t->arena_len,
+            .id_len = (uint8_t)len,
+            .flags = flags & ~(SESSION_SEEN | SESSION_IN_FLIGHT | SESSION_REMOVED),
         };
         t->arena_len += len + 1;
         t->slots[p] = i;
@@ -375,7 +375,8 @@ static void set_status(SessionTable *t, Session *s, SessionStatus st, const char
         s->unknown = st == SESSION_STATUS_UNKNOWN ? intern_unknown(t, raw, len) : 0;
 }
 
-static bool same_status(const SessionTable *t, const Session *s, SessionStatus st, const char *raw, size_t len)
+static bool same_status(const SessionTable *t, const Session *s, SessionStatus st, const char *raw,
+                        size_t len)
 {
         const char *old;
 
@@ -393,7 +394,7 @@ int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in,
         Session *s = sessions_get(t, i);
         SessionStatus st = session_status_from_string(status_raw_in, status_len);
 
-        *ret = (Observation){ .result = OBSERVE_UNCHANGED };
+        *ret = (Observation){.result = OBSERVE_UNCHANGED};
 
         if (!(s->flags & SESSION_SEEN)) {
                 set_status(t, s, st, status_raw_in, status_len);

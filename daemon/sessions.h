@@ -49,10 +49,10 @@ typedef enum ObserveResult {
 
 typedef struct Observation {
         ObserveResult result;
-        bool first;                  /* no previous status */
-        bool replayed;               /* the previous status came from durable state */
-        SessionStatus previous;      /* valid unless first */
-        const char *previous_raw;    /* the previous status as the API spelled it, unless first */
+        bool first;               /* no previous status */
+        bool replayed;            /* the previous status came from durable state */
+        SessionStatus previous;   /* valid unless first */
+        const char *previous_raw; /* the previous status as the API spelled it, unless first */
 } Observation;
 
 int sessions_new(size_t max_sessions, SessionTable **ret);

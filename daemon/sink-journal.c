@@ -63,9 +63,9 @@ static void journal_free(Sink *s)
 }
 
 static const SinkOps journal_ops = {
-        .name = "journal",
-        .emit = journal_emit,
-        .free = journal_free,
+    .name = "journal",
+    .emit = journal_emit,
+    .free = journal_free,
 };
 
 int sink_journal_new(unsigned status_mask, Sink **ret)
@@ -74,7 +74,7 @@ int sink_journal_new(unsigned status_mask, Sink **ret)
 
         if (!j)
                 return -ENOMEM;
-        j->sink = (Sink){ .ops = &journal_ops, .status_mask = status_mask };
+        j->sink = (Sink){.ops = &journal_ops, .status_mask = status_mask};
         *ret = &j->sink;
         return 0;
 }

@@ -79,9 +79,9 @@ static void print_free(Sink *s)
 }
 
 static const SinkOps print_ops = {
-        .name = "stdout",
-        .emit = print_emit,
-        .free = print_free,
+    .name = "stdout",
+    .emit = print_emit,
+    .free = print_free,
 };
 
 int sink_print_new(int fd, PrintFormat format, Sink **ret)
@@ -90,7 +90,7 @@ int sink_print_new(int fd, PrintFormat format, Sink **ret)
 
         if (!p)
                 return -ENOMEM;
-        p->sink = (Sink){ .ops = &print_ops, .status_mask = SESSION_STATUS_MASK_ALL };
+        p->sink = (Sink){.ops = &print_ops, .status_mask = SESSION_STATUS_MASK_ALL};
         p->fd = fd;
         p->format = format;
         *ret = &p->sink;

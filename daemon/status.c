@@ -3,17 +3,17 @@
 #include "status.h"
 
 static const char *const status_names[_SESSION_STATUS_MAX] = {
-        [SESSION_STATUS_PENDING] = "Pending",       [SESSION_STATUS_ACTIVE] = "Active",
-        [SESSION_STATUS_WAITING] = "Waiting",       [SESSION_STATUS_SUCCEEDED] = "Succeeded",
-        [SESSION_STATUS_FAILED] = "Failed",         [SESSION_STATUS_CANCELLING] = "Cancelling",
-        [SESSION_STATUS_CANCELLED] = "Cancelled",   [SESSION_STATUS_UNKNOWN] = "unknown",
+    [SESSION_STATUS_PENDING] = "Pending",     [SESSION_STATUS_ACTIVE] = "Active",
+    [SESSION_STATUS_WAITING] = "Waiting",     [SESSION_STATUS_SUCCEEDED] = "Succeeded",
+    [SESSION_STATUS_FAILED] = "Failed",       [SESSION_STATUS_CANCELLING] = "Cancelling",
+    [SESSION_STATUS_CANCELLED] = "Cancelled", [SESSION_STATUS_UNKNOWN] = "unknown",
 };
 
 static const char *const status_types[_SESSION_STATUS_MAX] = {
-        [SESSION_STATUS_PENDING] = "pending",       [SESSION_STATUS_ACTIVE] = "active",
-        [SESSION_STATUS_WAITING] = "waiting",       [SESSION_STATUS_SUCCEEDED] = "succeeded",
-        [SESSION_STATUS_FAILED] = "failed",         [SESSION_STATUS_CANCELLING] = "cancelling",
-        [SESSION_STATUS_CANCELLED] = "cancelled",   [SESSION_STATUS_UNKNOWN] = "unknown",
+    [SESSION_STATUS_PENDING] = "pending",     [SESSION_STATUS_ACTIVE] = "active",
+    [SESSION_STATUS_WAITING] = "waiting",     [SESSION_STATUS_SUCCEEDED] = "succeeded",
+    [SESSION_STATUS_FAILED] = "failed",       [SESSION_STATUS_CANCELLING] = "cancelling",
+    [SESSION_STATUS_CANCELLED] = "cancelled", [SESSION_STATUS_UNKNOWN] = "unknown",
 };
 
 const char *session_status_to_string(SessionStatus s)

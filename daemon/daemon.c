@@ -138,7 +138,8 @@ static void emit(Daemon *d, const Event *e, uint64_t response_done_usec)
 {
         d->stats.events++;
         for (size_t i = 0; i < d->n_sinks; i++)
-                sink_emit(d->sinks[i], e);
+                if (d->sinks[i])
+                        sink_emit(d->sinks[i], e);
         if (response_done_usec > 0)
                 record_latency(&d->stats, response_done_usec);
 }
@@ -501,6 +502,12 @@ static void finish(Daemon *d)
         if (d->finishing)
                 return;
         d->finishing = true;
+        /* No event can come after this point (what is still in flight is
+         * cancelled): let the sinks close what they hold on the loop. */
+        for (size_t i = 0; i < d->n_sinks; i++) {
+                sink_close(d->sinks[i]);
+                d->sinks[i] = NULL;
+        }
         close_handle(d, (uv_handle_t *)&d->tick);
         close_handle(d, (uv_handle_t *)&d->stop_timer);
         close_handle(d, (uv_handle_t *)&d->sig_term);
@@ -569,7 +576,7 @@ static int setup_sinks(Daemon *d, const DaemonOptions *o)
                 d->sinks[d->n_sinks++] = s;
         }
         if (o->print != PRINT_NONE) {
-                r = sink_print_new(STDOUT_FILENO, o->print, &s);
+                r = sink_print_new(&d->loop, STDOUT_FILENO, o->print, &s);
                 if (r < 0)
                         return r;
                 d->sinks[d->n_sinks++] = s;

@@ -16,7 +16,12 @@ typedef struct SinkOps {
         /* Takes one event. The event and everything it points to are valid
          * only during the call: a sink that keeps it copies what it needs. */
         void (*emit)(Sink *s, const Event *e);
-        /* Releases the sink; called once, after the last emit. */
+        /* Optional: starts closing what the sink holds on the loop, while the
+         * loop still runs; the sink may free itself from a close callback,
+         * and then free() must not be called. */
+        void (*close)(Sink *s);
+        /* Releases the sink; called once, after the last emit, unless close()
+         * took care of it. */
         void (*free)(Sink *s);
 } SinkOps;
 
@@ -38,6 +43,14 @@ static inline void sink_emit(Sink *s, const Event *e)
                 s->ops->emit(s, e);
 }
 
+static inline void sink_close(Sink *s)
+{
+        if (s->ops->close)
+                s->ops->close(s);
+        else
+                s->ops->free(s);
+}
+
 static inline void sink_free(Sink *s)
 {
         if (s)
@@ -53,5 +66,8 @@ typedef enum PrintFormat {
         PRINT_TEXT, /* one readable line per event */
 } PrintFormat;
 
-/* Events on a file descriptor (stdout), each line written at once. */
-int sink_print_new(int fd, PrintFormat format, Sink **ret);
+/* Events on a file descriptor (stdout), one line each. A pipe, socket or
+ * terminal is written without blocking through `loop`, with a bounded queue
+ * (lines past it are dropped and counted); a regular file with write(2). */
+typedef struct uv_loop_s uv_loop_t;
+int sink_print_new(uv_loop_t *loop, int fd, PrintFormat format, Sink **ret);

@@ -14,6 +14,7 @@ import datetime
 import random
 import re
 import signal
+import subprocess
 import time
 import unittest
 import uuid
@@ -378,6 +379,33 @@ class PollTest(unittest.TestCase):
         sim.set_status(sid, "Failed")
         daemon.wait_for_event(lambda e: e["data"]["status"] == "Failed", timeout=15)
         self.assertEqual([e["data"]["status"] for e in daemon.events()], ["Active", "Failed"])
+
+    def test_stalled_stdout_reader_does_not_stop_polling(self):
+        ids = [f"sespipe{n:03d}{uuid.uuid4().hex[:6]}" for n in range(200)]
+        witness = ids[0]
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        config = {
+            "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off"},
+            "poll": {"interval": INTERVAL},
+            "watch": {"session": ids},
+            "journal": {"enable": False},
+        }
+        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, name="sessionwatchd-pipe")
+        # stdout is a pipe that nobody reads: 200 first observations (about
+        # 180 KB of JSON) overfill its 64 KiB at once.
+        proc = subprocess.Popen([swtest.binary_path("SW_DAEMON"), "--config", daemon.config_path,
+                                 "--print-events=json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=swtest.child_env())
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        swtest.wait_until(lambda: self.count(sim, ids[-1]) > 0, timeout=15, message="not every session polled")
+        self.wait_polls(sim, witness, 40, timeout=15)
+        self.assertIsNone(proc.poll(), "the daemon died")
+        proc.terminate()
+        try:
+            proc.wait(timeout=swtest.scaled(10))
+        finally:
+            proc.stdout.close()
+        self.assertEqual(proc.returncode, 0)
 
     def test_proxy_from_the_environment(self):
         sid = f"sesproxy{uuid.uuid4().hex[:8]}"

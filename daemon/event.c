@@ -301,6 +301,11 @@ static int buffer_puts(EventBuffer *b, const char *s)
 int event_buffer_append_json_string(EventBuffer *b, const char *s, size_t n)
 {
         static const char hex[] = "0123456789abcdef";
+        /* The two-character escapes JSON has; other control characters
+         * become \u00XX. */
+        static const char short_escape[] = {
+            ['"'] = '"', ['\\'] = '\\', ['\b'] = 'b', ['\f'] = 'f', ['\n'] = 'n', ['\r'] = 'r', ['\t'] = 't',
+        };
         int r;
 
         assert(b);
@@ -318,43 +323,18 @@ int event_buffer_append_json_string(EventBuffer *b, const char *s, size_t n)
                 unsigned char c = (unsigned char)s[i];
                 char *o = b->data + b->len;
 
-                switch (c) {
-                case '"':
-                case '\\':
+                if (c < sizeof(short_escape) && short_escape[c]) {
                         o[0] = '\\';
-                        o[1] = (char)c;
+                        o[1] = short_escape[c];
                         b->len += 2;
-                        break;
-                case '\b':
-                        memcpy(o, "\\b", 2);
-                        b->len += 2;
-                        break;
-                case '\f':
-                        memcpy(o, "\\f", 2);
-                        b->len += 2;
-                        break;
-                case '\n':
-                        memcpy(o, "\\n", 2);
-                        b->len += 2;
-                        break;
-                case '\r':
-                        memcpy(o, "\\r", 2);
-                        b->len += 2;
-                        break;
-                case '\t':
-                        memcpy(o, "\\t", 2);
-                        b->len += 2;
-                        break;
-                default:
-                        if (c < 0x20) {
-                                memcpy(o, "\\u00", 4);
-                                o[4] = hex[c >> 4];
-                                o[5] = hex[c & 0xf];
-                                b->len += 6;
-                        } else {
-                                o[0] = (char)c;
-                                b->len++;
-                        }
+                } else if (c < 0x20) {
+                        memcpy(o, "\\u00", 4);
+                        o[4] = hex[c >> 4];
+                        o[5] = hex[c & 0xf];
+                        b->len += 6;
+                } else {
+                        o[0] = (char)c;
+                        b->len++;
                 }
         }
         b->data[b->len++] = '"';

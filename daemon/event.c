@@ -158,43 +158,41 @@ int event_init_snapshot(Event *e, const SessionSnapshot *s, const char *previous
         return event_make_id(e->id, s->id, s->status_raw, s->updated_at_us);
 }
 
-int event_init_gone(Event *e, const char *session_id, const char *last_status_raw, int64_t updated_at_us,
-                    const char *source)
+/* The events that know only the session's id and last status. */
+static int event_from_id(Event *e, EventKind kind, const char *session_id, const char *status_raw,
+                         int64_t updated_at_us, const char *what, const char *source)
 {
         assert(e);
         assert(session_id);
 
         *e = (Event){
-            .kind = EVENT_GONE,
-            .session_id = session_id,
-            .status_raw = last_status_raw,
-            .status = last_status_raw ? session_status_from_string(last_status_raw, strlen(last_status_raw))
-                                      : SESSION_STATUS_UNKNOWN,
-            .updated_at_us = updated_at_us,
-            .time_us = now_realtime_us(),
-            .source = source,
-        };
-        return event_make_id(e->id, session_id, EVENT_WHAT_GONE, updated_at_us);
-}
-
-int event_init_stalled(Event *e, const char *session_id, const char *status_raw, int64_t updated_at_us,
-                       int64_t stalled_for_us, const char *source)
-{
-        assert(e);
-        assert(session_id);
-
-        *e = (Event){
-            .kind = EVENT_STALLED,
+            .kind = kind,
             .session_id = session_id,
             .status_raw = status_raw,
             .status = status_raw ? session_status_from_string(status_raw, strlen(status_raw))
                                  : SESSION_STATUS_UNKNOWN,
             .updated_at_us = updated_at_us,
             .time_us = now_realtime_us(),
-            .stalled_for_us = stalled_for_us,
             .source = source,
         };
-        return event_make_id(e->id, session_id, EVENT_WHAT_STALLED, updated_at_us);
+        return event_make_id(e->id, session_id, what, updated_at_us);
+}
+
+int event_init_gone(Event *e, const char *session_id, const char *last_status_raw, int64_t updated_at_us,
+                    const char *source)
+{
+        return event_from_id(e, EVENT_GONE, session_id, last_status_raw, updated_at_us, EVENT_WHAT_GONE,
+                             source);
+}
+
+int event_init_stalled(Event *e, const char *session_id, const char *status_raw, int64_t updated_at_us,
+                       int64_t stalled_for_us, const char *source)
+{
+        int r = event_from_id(e, EVENT_STALLED, session_id, status_raw, updated_at_us, EVENT_WHAT_STALLED,
+                              source);
+
+        e->stalled_for_us = stalled_for_us;
+        return r;
 }
 
 /* ------------------------------------------------------------------------

@@ -7,7 +7,6 @@
 #include <string.h>
 #include <sys/time.h>
 #include <sysexits.h>
-#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -19,6 +18,7 @@
 #include "event.h"
 #include "httpmux.h"
 #include "log.h"
+#include "notify.h"
 #include "scheduler.h"
 #include "sessions.h"
 #include "state.h"
@@ -81,7 +81,9 @@ struct Daemon {
         uv_timer_t tick;
         uv_timer_t stop_timer;
         uv_signal_t sig_term, sig_int;
+        uv_signal_t sig_stall; /* test hook: SIGUSR2 blocks the loop (SW_TEST_HOOKS=1 only) */
         unsigned open_handles;
+        Notifier notify;
 
         bool stopping;
         bool finishing;
@@ -488,6 +490,12 @@ static void on_mux_closed(void *userdata)
         d->mux = NULL;
 }
 
+static void on_notify_closed(void *userdata)
+{
+        Daemon *d = userdata;
+        d->open_handles--;
+}
+
 static void close_handle(Daemon *d, uv_handle_t *h)
 {
         if (!uv_is_closing(h)) {
@@ -512,6 +520,9 @@ static void finish(Daemon *d)
         close_handle(d, (uv_handle_t *)&d->stop_timer);
         close_handle(d, (uv_handle_t *)&d->sig_term);
         close_handle(d, (uv_handle_t *)&d->sig_int);
+        close_handle(d, (uv_handle_t *)&d->sig_stall);
+        d->open_handles++;
+        notify_close(&d->notify, on_notify_closed, d);
         /* Cancels whatever is still in flight; their completions run first. */
         if (d->mux)
                 httpmux_close(d->mux, on_mux_closed, d);
@@ -541,13 +552,60 @@ static void on_stop_signal(uv_signal_t *s, int signum)
         if (d->stopping)
                 return;
         log_info("Received %s, stopping.", strsignal(signum));
-        (void)sd_notify(0, "STOPPING=1");
+        notify_stopping(&d->notify);
         d->stopping = true;
         uv_timer_stop(&d->tick);
         if (d->sched.in_flight == 0)
                 finish(d);
         else
                 uv_timer_start(&d->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
+}
+
+/* Test hook, SIGUSR2 on the loop thread when SW_TEST_HOOKS=1: blocks the
+ * loop for SW_TEST_STALL_MS (default 3000) so tests can see that a stalled
+ * loop stops the watchdog pings. */
+static void on_stall_signal(uv_signal_t *s, int signum)
+{
+        const char *ms = getenv("SW_TEST_STALL_MS");
+        long v = ms ? strtol(ms, NULL, 10) : 3000;
+        struct timespec ts = {.tv_sec = v / 1000, .tv_nsec = (v % 1000) * 1000000L};
+
+        log_warning("Test hook: blocking the loop for %ld ms.", v);
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+/* The STATUS= line: what is watched, what failed lately, how the sinks and
+ * the state file are. */
+static void on_notify_status(void *userdata, char *buf, size_t size)
+{
+        Daemon *d = userdata;
+        size_t n = sessions_capacity(d->table), watched = 0, active = 0, waiting = 0, done = 0;
+
+        for (size_t k = 0; k < n; k++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+
+                if (rec->flags & SESSION_REMOVED)
+                        continue;
+                watched++;
+                if (!(rec->flags & SESSION_SEEN))
+                        continue;
+                if (session_status_is_terminal(rec->status) || (rec->flags & SESSION_GONE))
+                        done++;
+                else if (rec->status == SESSION_STATUS_WAITING)
+                        waiting++;
+                else
+                        active++;
+        }
+        snprintf(buf, size, "%zu watched: %zu active, %zu waiting, %zu done; state %s", watched, active,
+                 waiting, done, d->state ? "ok" : "off");
+        if (d->state) {
+                StateHealth h;
+
+                state_health(d->state, &h);
+                if (h.degraded)
+                        snprintf(buf + strlen(buf) - 2, size - (strlen(buf) - 2), "degraded");
+        }
 }
 
 static int make_source(Daemon *d)
@@ -880,7 +938,9 @@ int daemon_run(const DaemonOptions *o)
         uv_timer_init(&d.loop, &d.stop_timer);
         uv_signal_init(&d.loop, &d.sig_term);
         uv_signal_init(&d.loop, &d.sig_int);
-        d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = &d;
+        uv_signal_init(&d.loop, &d.sig_stall);
+        d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = d.sig_stall.data = &d;
+        (void)notify_init(&d.notify, &d.loop, on_notify_status, &d);
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
             (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 || (r = setup_http(&d)) < 0) {
@@ -892,6 +952,10 @@ int daemon_run(const DaemonOptions *o)
         }
         uv_signal_start(&d.sig_term, on_stop_signal, SIGTERM);
         uv_signal_start(&d.sig_int, on_stop_signal, SIGINT);
+        if (getenv("SW_TEST_HOOKS") && strcmp(getenv("SW_TEST_HOOKS"), "1") == 0) {
+                uv_signal_start(&d.sig_stall, on_stall_signal, SIGUSR2);
+                uv_unref((uv_handle_t *)&d.sig_stall);
+        }
         /* The writer of events must learn of a vanished reader by EPIPE, not
          * die of SIGPIPE. */
         signal(SIGPIPE, SIG_IGN);
@@ -900,8 +964,8 @@ int daemon_run(const DaemonOptions *o)
          * hand those pages back rather than carry them as resident memory. */
         malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
-        (void)sd_notify(0, "READY=1");
         dispatch(&d);
+        notify_ready(&d.notify);
 
         uv_run(&d.loop, UV_RUN_DEFAULT);
         log_stats(&d);

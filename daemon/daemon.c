@@ -15,6 +15,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "decode.h"
+#include "discovery.h"
 #include "event.h"
 #include "httpmux.h"
 #include "log.h"
@@ -92,10 +93,17 @@ struct Daemon {
         LogRateLimit decode_rl;
         LogRateLimit rate_limit_rl;
         Stats stats;
+
+        /* Discovery, retain and stalled sessions (see the block further down). */
+        Discovery *disc; /* NULL: no [watch] runbook and not all */
+        DiscoveryCounters disc_counters;
+        uint64_t last_retire_ms;
+        LogRateLimit refuse_rl;
 };
 
 static void dispatch(Daemon *d);
 static void on_tick_timer(uv_timer_t *t);
+static void stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
 
 static uint64_t now_usec(void)
 {
@@ -181,7 +189,8 @@ static void persist(Daemon *d, SessionIndex i)
             .id_len = rec->id_len,
             .updated_at_us = rec->updated_at_us,
             .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
-                     ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+                     ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0) |
+                     ((rec->flags & SESSION_STALLED) ? STATE_SESSION_STALLED : 0),
         };
         int r;
 
@@ -206,6 +215,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
         SessionQuick q;
         const char *reason = NULL;
         Observation obs;
+        int64_t before_us = rec->updated_at_us;
         int r;
 
         /* The steady state: most answers repeat what we know. The scanner
@@ -252,6 +262,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
         session_snapshot_done(&snap);
 
 reschedule:
+        stalled_after_answer(d, i, before_us);
         rec->failures = 0;
         if (!d->stopping && !session_status_is_terminal(rec->status))
                 schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
@@ -523,6 +534,7 @@ static void finish(Daemon *d)
         close_handle(d, (uv_handle_t *)&d->sig_stall);
         d->open_handles++;
         notify_close(&d->notify, on_notify_closed, d);
+        discovery_close(d->disc);
         /* Cancels whatever is still in flight; their completions run first. */
         if (d->mux)
                 httpmux_close(d->mux, on_mux_closed, d);
@@ -555,6 +567,7 @@ static void on_stop_signal(uv_signal_t *s, int signum)
         notify_stopping(&d->notify);
         d->stopping = true;
         uv_timer_stop(&d->tick);
+        discovery_close(d->disc);
         if (d->sched.in_flight == 0)
                 finish(d);
         else
@@ -728,6 +741,10 @@ static int on_state_session(void *userdata, const StateSession *ss)
                 rec->flags |= SESSION_GONE;
         else
                 rec->flags &= ~SESSION_GONE;
+        if (ss->flags & STATE_SESSION_STALLED)
+                rec->flags |= SESSION_STALLED;
+        else
+                rec->flags &= ~SESSION_STALLED;
         return 0;
 }
 
@@ -769,7 +786,8 @@ static int on_state_next(void *userdata, size_t *cursor, StateSession *ret)
                     .id_len = rec->id_len,
                     .updated_at_us = (rec->flags & SESSION_SEEN) ? rec->updated_at_us : 0,
                     .flags = ((rec->flags & SESSION_DYNAMIC) ? STATE_SESSION_DYNAMIC : 0) |
-                             ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0),
+                             ((rec->flags & SESSION_GONE) ? STATE_SESSION_GONE : 0) |
+                             ((rec->flags & SESSION_STALLED) ? STATE_SESSION_STALLED : 0),
                 };
                 if (rec->flags & SESSION_SEEN) {
                         ret->status = sessions_status_raw(d->table, (SessionIndex)*cursor);
@@ -781,10 +799,13 @@ static int on_state_next(void *userdata, size_t *cursor, StateSession *ret)
         return 0;
 }
 
+static int on_state_watermark(void *userdata, const char *key, size_t len, int64_t newest_us);
+
 static const StateCallbacks state_callbacks = {
     .session = on_state_session,
     .removed = on_state_removed,
     .next = on_state_next,
+    .watermark = on_state_watermark,
 };
 
 static int setup_state(Daemon *d)
@@ -898,6 +919,260 @@ static void log_stats(const Daemon *d)
                  s->events, s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }
 
+/* ---- Discovery, retain and stalled sessions ----
+ *
+ * Discovery (discovery.c) hands every entry of a list page to
+ * on_discovered_session(), which takes it into the table exactly as a poll
+ * answer: the table decides by updatedAt whether it is news. New sessions are
+ * added with SESSION_DYNAMIC (persisted as `d`), so that a restart finds them
+ * in the state file as sessions added at run time.
+ *
+ * Retain: after a complete sweep (at most once per discover interval) one
+ * pass over the table drops the terminal or gone run-time sessions whose
+ * updatedAt is older than `[poll] retain` and at or below every scope's
+ * watermark minus the overlap window; state.h says why that needs no
+ * tombstone structure of its own.
+ *
+ * Stalled: checked lazily when a poll answer or a list entry repeats what is
+ * known (non-terminal sessions are polled every interval anyway), so a
+ * million quiet sessions cost no timer each. The quiet time runs from the
+ * session's updatedAt (the API's clock) to our CLOCK_REALTIME; the event is
+ * therefore up to one poll interval late, and a clock skew shifts it. */
+
+static int64_t realtime_usec(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* The quiet time after which a session in `status` is stalled, in ms; 0: never. */
+static uint64_t stalled_limit_ms(const Daemon *d, SessionStatus status)
+{
+        const ConfigPoll *p = &d->config->poll;
+
+        if (status == SESSION_STATUS_WAITING && p->stalled_after_waiting_ms > 0)
+                return p->stalled_after_waiting_ms;
+        return p->stalled_after_ms;
+}
+
+/* After an answer about session i was taken in: a change (a new status or a
+ * newer updatedAt) clears the stalled mark; a session quiet for too long gets
+ * its one stalled event. `before_us`: its updatedAt before the answer. */
+static void stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us)
+{
+        Session *rec = sessions_get(d->table, i);
+        const char *id = sessions_id(d->table, i);
+        int64_t quiet_us;
+        uint64_t limit;
+        Event e;
+        int r;
+
+        if (rec->updated_at_us != before_us) {
+                /* sessions_observe() clears the mark on a transition (and
+                 * the transition was persisted); a newer updatedAt with the
+                 * same status is a change too. */
+                if (rec->flags & SESSION_STALLED) {
+                        rec->flags &= ~SESSION_STALLED;
+                        persist(d, i);
+                }
+                return;
+        }
+        if (!(rec->flags & SESSION_SEEN) || (rec->flags & (SESSION_STALLED | SESSION_GONE)) ||
+            session_status_is_terminal(rec->status))
+                return;
+        limit = stalled_limit_ms(d, rec->status);
+        if (limit == 0)
+                return;
+        quiet_us = realtime_usec() - rec->updated_at_us;
+        if (quiet_us < 0 || (uint64_t)quiet_us < limit * 1000)
+                return;
+
+        rec->flags |= SESSION_STALLED;
+        r = event_init_stalled(&e, id, sessions_status_raw(d->table, i), rec->updated_at_us, quiet_us,
+                               d->source);
+        if (r < 0)
+                log_error_errno(r, "Failed to make the stalled event for session '%s': %m", id);
+        else {
+                d->disc_counters.stalled++;
+                emit(d, &e, 0);
+        }
+        persist(d, i);
+}
+
+/* discovery callback, on the loop thread: one entry of a list page. */
+static void on_discovered_session(void *userdata, const SessionSnapshot *snap, bool initial,
+                                  uint64_t done_usec)
+{
+        Daemon *d = userdata;
+        SessionIndex i;
+        Session *rec;
+        Observation obs;
+        int64_t before_us;
+        unsigned suppressed;
+        int r;
+
+        if (d->stopping)
+                return;
+        if (!config_session_id_valid(snap->id) || snap->status_raw_len > STATUS_MAX) {
+                if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
+                        log_warning("Ignoring listed session '%.64s': %s (%u more suppressed).", snap->id,
+                                    snap->status_raw_len > STATUS_MAX ? "status longer than 1024 bytes"
+                                                                      : "not a valid session id",
+                                    suppressed);
+                return;
+        }
+        i = sessions_find(d->table, snap->id, snap->id_len);
+        if (i == SESSION_INDEX_NONE) {
+                r = sessions_add(d->table, snap->id, snap->id_len, SESSION_DYNAMIC, &i);
+                if (r == -ENOSPC) {
+                        /* Never silently: counted, and said (rate-limited). */
+                        d->disc_counters.refused++;
+                        if (log_ratelimit_ok(&d->refuse_rl, uv_now(&d->loop), &suppressed))
+                                log_error("Not watching discovered session '%s': [poll] max-sessions=%zu "
+                                          "reached (%" PRIu64 " refused so far, %u messages suppressed).",
+                                          snap->id, d->config->poll.max_sessions, d->disc_counters.refused,
+                                          suppressed);
+                        return;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Failed to add discovered session '%s': %m", snap->id);
+                        return;
+                }
+                d->disc_counters.discovered++;
+        }
+        rec = sessions_get(d->table, i);
+        if (rec->flags & SESSION_GONE)
+                return;
+        before_us = rec->updated_at_us;
+        (void)sessions_observe(d->table, i, snap->status_raw, snap->status_raw_len, snap->updated_at_us,
+                               &obs);
+        if (obs.result == OBSERVE_TRANSITION) {
+                /* The first sweep learns what exists: what had already
+                 * finished is history, not news (unless backfill asks). */
+                bool quiet = obs.first && initial && session_status_is_terminal(snap->status) &&
+                             !d->config->watch.backfill;
+
+                if (!quiet) {
+                        Event e;
+
+                        r = event_init_transition(&e, snap, obs.first ? NULL : obs.previous_raw, d->source);
+                        if (r < 0)
+                                log_error_errno(r, "Failed to make the event for session '%s': %m",
+                                                snap->id);
+                        else {
+                                e.replayed = obs.replayed;
+                                d->stats.transitions++;
+                                emit(d, &e, done_usec);
+                        }
+                }
+                persist(d, i);
+        } else if (obs.result == OBSERVE_UNCHANGED)
+                stalled_after_answer(d, i, before_us);
+
+        if (session_status_is_terminal(rec->status)) {
+                /* Nothing more to poll; an answer in flight finds it terminal. */
+                scheduler_unschedule(&d->sched, i);
+        } else if (!(rec->flags & SESSION_IN_FLIGHT) && !scheduler_is_scheduled(&d->sched, i))
+                schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
+}
+
+/* Drops terminal and gone run-time sessions that no sweep can return any
+ * more and whose retain time has passed (see the top of this block). */
+static void retire_sessions(Daemon *d)
+{
+        int64_t floor =
+            discovery_floor(discovery_scopes(d->disc), discovery_n_scopes(d->disc), DISCOVERY_OVERLAP_US);
+        int64_t horizon = realtime_usec() - (int64_t)(d->config->poll.retain_ms * 1000);
+        size_t n = sessions_capacity(d->table), retired = 0;
+
+        if (floor == INT64_MIN)
+                return;
+        for (size_t k = 0; k < n; k++) {
+                SessionIndex i = (SessionIndex)k;
+                const Session *rec = sessions_get(d->table, i);
+
+                if ((rec->flags & (SESSION_REMOVED | SESSION_CONFIGURED | SESSION_IN_FLIGHT)) ||
+                    !(rec->flags & SESSION_DYNAMIC) || !(rec->flags & SESSION_SEEN))
+                        continue;
+                if (!(rec->flags & SESSION_GONE) && !session_status_is_terminal(rec->status))
+                        continue;
+                if (rec->updated_at_us > floor || rec->updated_at_us > horizon)
+                        continue;
+                scheduler_unschedule(&d->sched, i);
+                if (d->state) {
+                        int r = state_remove_session(d->state, sessions_id(d->table, i), rec->id_len);
+                        if (r < 0) {
+                                log_error_errno(r, "Failed to record that session '%s' left memory: %m",
+                                                sessions_id(d->table, i));
+                                continue;
+                        }
+                }
+                sessions_remove(d->table, i);
+                retired++;
+        }
+        if (retired > 0)
+                log_debug("%zu finished session(s) left memory ([poll] retain).", retired);
+}
+
+/* discovery callback, on the loop thread: a page was taken in. */
+static void on_discovery_page(void *userdata, const DiscoveryScope *sc, bool complete, bool moved)
+{
+        Daemon *d = userdata;
+        uint64_t now = uv_now(&d->loop);
+
+        if (d->stopping)
+                return;
+        if (moved && d->state) {
+                const char *key = discovery_scope_key(sc);
+                int r = state_put_watermark(d->state, key, strlen(key), sc->newest_us);
+                if (r < 0)
+                        log_error_errno(r, "Failed to record the discovery watermark of '%s': %m", key);
+        }
+        if (complete &&
+            (d->last_retire_ms == 0 || now - d->last_retire_ms >= d->config->watch.discover_interval_ms)) {
+                d->last_retire_ms = now;
+                retire_sessions(d);
+        }
+        /* New sessions were scheduled: let the poll timer know. */
+        dispatch(d);
+}
+
+/* state_open() callback, before the loop runs: a stored watermark. */
+static int on_state_watermark(void *userdata, const char *key, size_t len, int64_t newest_us)
+{
+        Daemon *d = userdata;
+
+        return d->disc ? discovery_restore(d->disc, key, len, newest_us) : 0;
+}
+
+static int setup_discovery(Daemon *d)
+{
+        const ConfigWatch *w = &d->config->watch;
+        DiscoveryCallbacks cb = {
+            .session = on_discovered_session,
+            .page = on_discovery_page,
+        };
+
+        if (w->n_runbooks == 0 && !w->all)
+                return 0;
+        return discovery_new(&d->loop, w->runbooks, w->n_runbooks, w->all, w->discover_interval_ms, &cb, d,
+                             &d->disc_counters, &d->disc);
+}
+
+static void log_discovery_stats(const Daemon *d)
+{
+        const DiscoveryCounters *c = &d->disc_counters;
+
+        if (!d->disc && c->stalled == 0)
+                return;
+        log_info("Discovery: %" PRIu64 " sweeps, %" PRIu64 " pages, %" PRIu64
+                 " failed list requests, %" PRIu64 " sessions discovered, %" PRIu64
+                 " refused past max-sessions; %" PRIu64 " stalled events.",
+                 c->sweeps, c->pages, c->sweep_failures, c->discovered, c->refused, c->stalled);
+}
+
 static void daemon_free(Daemon *d)
 {
         for (size_t i = 0; i < d->n_sinks; i++)
@@ -907,6 +1182,7 @@ static void daemon_free(Daemon *d)
         scheduler_done(&d->sched);
         sessions_free(d->table);
         free(d->slots);
+        discovery_free(d->disc);
         config_free(d->config);
 }
 
@@ -916,6 +1192,7 @@ int daemon_run(const DaemonOptions *o)
             .poll_errors_rl = LOG_RATELIMIT_INIT(10000, 10),
             .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
             .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
+            .refuse_rl = LOG_RATELIMIT_INIT(10000, 3),
         };
         char errbuf[4096];
         ConfigEnv env;
@@ -943,7 +1220,8 @@ int daemon_run(const DaemonOptions *o)
         (void)notify_init(&d.notify, &d.loop, on_notify_status, &d);
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
-            (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 || (r = setup_http(&d)) < 0) {
+            (r = setup_discovery(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
+            (r = setup_http(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -965,10 +1243,13 @@ int daemon_run(const DaemonOptions *o)
         malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
         dispatch(&d);
+        if (d.disc)
+                discovery_start(d.disc, &d.api, &d.sched);
         notify_ready(&d.notify);
 
         uv_run(&d.loop, UV_RUN_DEFAULT);
         log_stats(&d);
+        log_discovery_stats(&d);
         ret = 0;
 out:
         r = uv_loop_close(&d.loop);

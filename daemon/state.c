@@ -39,7 +39,7 @@
 #define STATE_FILE "state"
 #define STATE_TMP "state.tmp"
 #define HEADER_MAGIC "sessionwatch-state "
-#define HEADER_PAYLOAD "sessionwatch-state 1"
+#define HEADER_PAYLOAD "sessionwatch-state 2"
 
 #define DEFAULT_SYNC_INTERVAL_MS 1000
 #define DEFAULT_COMPACT_MIN_BYTES (1024 * 1024)
@@ -181,10 +181,10 @@ ssize_t state_format_session(char *buf, size_t size, const StateSession *ss)
         char *p;
 
         if (!ss || !id_valid(ss->id, ss->id_len) || (ss->status && ss->status_len > STATE_STATUS_MAX) ||
-            (ss->flags & ~(unsigned)(STATE_SESSION_DYNAMIC | STATE_SESSION_GONE)))
+            (ss->flags & ~(unsigned)(STATE_SESSION_DYNAMIC | STATE_SESSION_GONE | STATE_SESSION_STALLED)))
                 return -EINVAL;
         /* crc, space, "S ", id, space, status, space, number, space, flags, newline */
-        worst = 9 + 2 + ss->id_len + 1 + (ss->status ? 3 * ss->status_len + 1 : 1) + 1 + 20 + 1 + 2 + 1;
+        worst = 9 + 2 + ss->id_len + 1 + (ss->status ? 3 * ss->status_len + 1 : 1) + 1 + 20 + 1 + 3 + 1;
         if (size < worst)
                 return -ENOBUFS;
 
@@ -217,7 +217,9 @@ ssize_t state_format_session(char *buf, size_t size, const StateSession *ss)
                 *p++ = 'd';
         if (ss->flags & STATE_SESSION_GONE)
                 *p++ = 'g';
-        if (!(ss->flags & (STATE_SESSION_DYNAMIC | STATE_SESSION_GONE)))
+        if (ss->flags & STATE_SESSION_STALLED)
+                *p++ = 's';
+        if (!(ss->flags & (STATE_SESSION_DYNAMIC | STATE_SESSION_GONE | STATE_SESSION_STALLED)))
                 *p++ = '-';
         return (ssize_t)seal_line(buf, p);
 }
@@ -235,6 +237,30 @@ ssize_t state_format_removed(char *buf, size_t size, const char *id, size_t len)
         *p++ = ' ';
         memcpy(p, id, len);
         p += len;
+        return (ssize_t)seal_line(buf, p);
+}
+
+/* A watermark's key: a runbook id, or "*" for every session the key sees. */
+static bool watermark_key_valid(const char *key, size_t len)
+{
+        return (len == 1 && key && key[0] == '*') || id_valid(key, len);
+}
+
+ssize_t state_format_watermark(char *buf, size_t size, const char *key, size_t len, int64_t newest_us)
+{
+        char *p;
+
+        if (!watermark_key_valid(key, len))
+                return -EINVAL;
+        if (size < 9 + 2 + len + 1 + 20 + 1)
+                return -ENOBUFS;
+        p = buf + 9;
+        *p++ = 'W';
+        *p++ = ' ';
+        memcpy(p, key, len);
+        p += len;
+        *p++ = ' ';
+        p = format_i64(p, newest_us);
         return (ssize_t)seal_line(buf, p);
 }
 
@@ -344,7 +370,10 @@ static int parse_flags(const char *p, size_t n, unsigned *ret)
                 return 0;
         }
         for (size_t i = 0; i < n; i++) {
-                unsigned f = p[i] == 'd' ? STATE_SESSION_DYNAMIC : p[i] == 'g' ? STATE_SESSION_GONE : 0;
+                unsigned f = p[i] == 'd'   ? STATE_SESSION_DYNAMIC
+                             : p[i] == 'g' ? STATE_SESSION_GONE
+                             : p[i] == 's' ? STATE_SESSION_STALLED
+                                           : 0;
 
                 /* An unknown letter, or one twice: a writer of this version
                  * never produces it, so the line is not ours. */
@@ -381,7 +410,9 @@ static int parse_payload(const char *p, size_t n, StateRecord *rec)
                         return -EINVAL;
                 rec->type = STATE_RECORD_HEADER;
                 rec->version = (unsigned)v;
-                return v == STATE_FORMAT_VERSION ? 0 : -EPROTONOSUPPORT;
+                /* Every version is read by the builds that came after it:
+                 * each one only added record types and flags. */
+                return v <= STATE_FORMAT_VERSION ? 0 : -EPROTONOSUPPORT;
         }
 
         nf = split_fields(p, n, f, fl, 5);
@@ -404,6 +435,14 @@ static int parse_payload(const char *p, size_t n, StateRecord *rec)
                 if (r < 0)
                         return r;
                 return parse_flags(f[4], fl[4], &rec->session.flags);
+        case 'W':
+                if (nf != 3 || !watermark_key_valid(f[1], fl[1]))
+                        return -EINVAL;
+                rec->type = STATE_RECORD_WATERMARK;
+                memcpy(rec->id, f[1], fl[1]);
+                rec->id[fl[1]] = '\0';
+                rec->session = (StateSession){.id = rec->id, .id_len = fl[1]};
+                return parse_i64(f[2], fl[2], &rec->watermark_us);
         case 'U':
                 if (nf != 2)
                         return -EINVAL;
@@ -651,6 +690,12 @@ static void buf_swap(Buf *a, Buf *b)
         *b = t;
 }
 
+typedef struct StateWatermark {
+        char key[STATE_ID_MAX + 1];
+        size_t len;
+        int64_t newest_us;
+} StateWatermark;
+
 typedef enum Phase {
         PHASE_NONE,
         PHASE_SERIALIZING, /* chunks of the snapshot are being formatted and written to state.tmp */
@@ -756,6 +801,12 @@ struct State {
 
         char corrupt_path[PATH_MAX];
         char corrupt_reason[128];
+
+        /* The last watermark per key, rewritten at the head of every
+         * compaction: a handful of entries (one per discovery scope). */
+        StateWatermark *marks;
+        size_t n_marks;
+        unsigned file_version; /* of the file as loaded; 0 when none was */
 };
 
 static void start_job(State *s);
@@ -1242,6 +1293,17 @@ static int compact_begin(State *s)
         k = state_format_header(s->snap.data, s->snap.cap);
         assert(k > 0);
         s->snap.len = (size_t)k;
+        for (size_t i = 0; i < s->n_marks; i++) {
+                if (buf_reserve(&s->snap, STATE_ID_MAX + 64) < 0) {
+                        compaction_reset(s);
+                        return -ENOMEM;
+                }
+                k = state_format_watermark(s->snap.data + s->snap.len, s->snap.cap - s->snap.len,
+                                           s->marks[i].key, s->marks[i].len, s->marks[i].newest_us);
+                assert(k > 0);
+                s->snap.len += (size_t)k;
+                s->snap_records++;
+        }
         return 0;
 }
 
@@ -1332,6 +1394,49 @@ int state_put_session(State *s, const StateSession *session)
         n = state_format_session(line, sizeof(line), session);
         if (n < 0)
                 return (int)n;
+        return put_line(s, line, (size_t)n);
+}
+
+/* Remembers the watermark for compactions. Returns 0, -EINVAL, -ENOSPC past
+ * STATE_WATERMARKS_MAX keys, -ENOMEM. */
+static int remember_watermark(State *s, const char *key, size_t len, int64_t newest_us)
+{
+        StateWatermark *m;
+
+        if (!watermark_key_valid(key, len))
+                return -EINVAL;
+        for (size_t i = 0; i < s->n_marks; i++)
+                if (s->marks[i].len == len && memcmp(s->marks[i].key, key, len) == 0) {
+                        s->marks[i].newest_us = newest_us;
+                        return 0;
+                }
+        if (s->n_marks >= STATE_WATERMARKS_MAX)
+                return -ENOSPC;
+        m = realloc(s->marks, (s->n_marks + 1) * sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        s->marks = m;
+        m = &s->marks[s->n_marks++];
+        memcpy(m->key, key, len);
+        m->key[len] = '\0';
+        m->len = len;
+        m->newest_us = newest_us;
+        return 0;
+}
+
+int state_put_watermark(State *s, const char *key, size_t len, int64_t newest_us)
+{
+        char line[STATE_ID_MAX + 64];
+        ssize_t n;
+        int r;
+
+        assert(s);
+        n = state_format_watermark(line, sizeof(line), key, len, newest_us);
+        if (n < 0)
+                return (int)n;
+        r = remember_watermark(s, key, len, newest_us);
+        if (r < 0)
+                return r;
         return put_line(s, line, (size_t)n);
 }
 
@@ -1444,6 +1549,7 @@ static void on_handle_closed(uv_handle_t *h)
         buf_free(&s->job.buf);
         uv_mutex_destroy(&s->lock);
         uv_cond_destroy(&s->cond);
+        free(s->marks);
         free(s->path);
         free(s->file_path);
         free(s);
@@ -1588,7 +1694,19 @@ static int scan_file(State *s, const char *data, size_t size, bool deliver, Scan
                         r = s->cb.removed(s->userdata, rec->id, rec->session.id_len);
                         if (r < 0)
                                 return r;
-                }
+                } else if (deliver && rec->type == STATE_RECORD_WATERMARK) {
+                        /* Kept for compactions only when the daemon still
+                         * has a use for it: keys of runbooks no longer
+                         * watched fade away at the next rewrite. */
+                        r = s->cb.watermark ? s->cb.watermark(s->userdata, rec->id, rec->session.id_len,
+                                                              rec->watermark_us)
+                                            : 0;
+                        if (r > 0)
+                                r = remember_watermark(s, rec->id, rec->session.id_len, rec->watermark_us);
+                        if (r < 0)
+                                return r;
+                } else if (deliver && rec->type == STATE_RECORD_HEADER)
+                        s->file_version = rec->version;
                 if (pos > 0)
                         sc->records++;
                 pos = (size_t)(nl - data) + 1;
@@ -1800,6 +1918,7 @@ static void free_unarmed(State *s)
         buf_free(&s->pending);
         uv_mutex_destroy(&s->lock);
         uv_cond_destroy(&s->cond);
+        free(s->marks);
         free(s->path);
         free(s->file_path);
         free(s);
@@ -1877,6 +1996,11 @@ int state_open(uv_loop_t *loop, const StateOptions *o, const StateCallbacks *cb,
                 s->stale = true;
         if (s->stale)
                 arm_retry(s);
+        else if (s->file_version > 0 && s->file_version < STATE_FORMAT_VERSION && s->cb.next &&
+                 compact_begin(s) == 0)
+                /* A file of an older version gets the current header before
+                 * records only this version knows pile up in it. */
+                kick(s);
         rep.degraded = s->stale;
         rep.duration_us = (uv_hrtime() - t0) / 1000;
         if (rep.records > 0 || rep.torn_bytes > 0)

@@ -6,16 +6,37 @@
  *
  *     <crc32c of the payload, 8 lower-case hex digits> <payload>\n
  *
- * whose first payload is the header `sessionwatch-state 1` (the format
+ * whose first payload is the header `sessionwatch-state 2` (the format
  * version). Payloads after it:
  *
  *     S <id> <status> <updated_at_us> <flags>   a session's durable fields
  *     U <id>                                    the session is no longer watched
+ *     W <key> <newest_us>                       a discovery watermark (version 2)
  *
  * <status> is the status as the API spelled it, percent-encoded (every byte
  * outside [A-Za-z0-9] becomes %XX); `-` stands for "never observed" and `=`
  * for the empty string. <flags> are letters (`d` added at run time, `g`
- * gone) or `-` for none. On load the last record for an id wins.
+ * gone, `s` stalled event sent: version 2) or `-` for none. On load the last
+ * record for an id wins.
+ *
+ * A watermark's <key> is a runbook id, or `*` for `[watch] all`; <newest_us>
+ * is the newest updatedAt (µs) a complete /sessions/list sweep of that scope
+ * returned, 0 when the sweep was complete but empty. The last record per key
+ * wins; the module keeps the latest value of each key the daemon still wants
+ * and writes them first in every rewrite.
+ *
+ * Tombstones. A terminal session that discovery found leaves the table once
+ * `[poll] retain` has passed since its updatedAt *and* every watermark minus
+ * the overlap window has passed its updatedAt (so no future sweep can return
+ * it); only then is its `U` record written. Until then its `S` record is the
+ * tombstone: id, status and updatedAt, ~60 bytes, no separate structure. A
+ * session re-returned by a sweep is therefore always either in the table
+ * (and compared by updatedAt) or too old to be returned at all.
+ *
+ * Versions. Each version only added record types and flags, so a build reads
+ * every version up to its own (STATE_FORMAT_VERSION) and rewrites an older
+ * file with its own header right after loading it. A newer version than the
+ * build knows is unreadable (see below).
  *
  * A crash while appending leaves at most a torn last line, which the loader
  * drops. Anything else that does not parse (a bad record before the last
@@ -38,14 +59,18 @@
 #include <sys/types.h>
 #include <uv.h>
 
-#define STATE_FORMAT_VERSION 1
+#define STATE_FORMAT_VERSION 2
 #define STATE_ID_MAX 64       /* bytes of [A-Za-z0-9_-] */
 #define STATE_STATUS_MAX 1024 /* raw status bytes */
 #define STATE_LINE_MAX 4096   /* longest line the loader accepts, newline included */
 
+/* Watermark keys kept (one per discovery scope). */
+#define STATE_WATERMARKS_MAX 4096
+
 enum {
         STATE_SESSION_DYNAMIC = 1u << 0, /* `d`: added at run time (not from the config) */
         STATE_SESSION_GONE = 1u << 1,    /* `g`: answered 404 after being seen */
+        STATE_SESSION_STALLED = 1u << 2, /* `s`: a stalled event went out since the last change */
 };
 
 /* A session's durable fields. On load the strings point into the loader's
@@ -75,6 +100,11 @@ typedef struct StateCallbacks {
          * table may change between turns (every change made meanwhile also
          * reaches the module through state_put_session/state_remove_session). */
         int (*next)(void *userdata, size_t *cursor, StateSession *ret);
+        /* Load: a watermark record (`key` is NUL-terminated, valid during
+         * the call). Returns 1 to keep it in later rewrites, 0 to let it
+         * fade (no longer of use), or a negative errno to abort the load.
+         * Optional: without it, watermarks are dropped. */
+        int (*watermark)(void *userdata, const char *key, size_t len, int64_t newest_us);
 } StateCallbacks;
 
 typedef struct StateOptions {
@@ -137,6 +167,11 @@ int state_put_session(State *s, const StateSession *session);
 /* Records that a session is no longer watched. Same returns. */
 int state_remove_session(State *s, const char *id, size_t len);
 
+/* Records the watermark of a discovery scope (`key`: a runbook id or "*").
+ * Returns 0, -EINVAL for a bad key, -ENOSPC past STATE_WATERMARKS_MAX keys,
+ * -ENOMEM. */
+int state_put_watermark(State *s, const char *key, size_t len, int64_t newest_us);
+
 /* Starts a rewrite of the file from the `next` iterator (e.g. after the
  * daemon dropped loaded sessions it no longer watches). Returns 0, -EALREADY
  * when one is running, -EOPNOTSUPP without a `next` callback. */
@@ -164,12 +199,14 @@ typedef enum StateRecordType {
         STATE_RECORD_HEADER,
         STATE_RECORD_SESSION,
         STATE_RECORD_REMOVED,
+        STATE_RECORD_WATERMARK,
 } StateRecordType;
 
 typedef struct StateRecord {
         StateRecordType type;
         unsigned version;     /* STATE_RECORD_HEADER */
-        StateSession session; /* STATE_RECORD_SESSION; only id and id_len for REMOVED */
+        StateSession session; /* STATE_RECORD_SESSION; only id and id_len for REMOVED and WATERMARK */
+        int64_t watermark_us; /* STATE_RECORD_WATERMARK */
         char id[STATE_ID_MAX + 1];
         char status[STATE_STATUS_MAX + 1];
 } StateRecord;
@@ -180,6 +217,7 @@ typedef struct StateRecord {
 ssize_t state_format_session(char *buf, size_t size, const StateSession *session);
 ssize_t state_format_removed(char *buf, size_t size, const char *id, size_t len);
 ssize_t state_format_header(char *buf, size_t size);
+ssize_t state_format_watermark(char *buf, size_t size, const char *key, size_t len, int64_t newest_us);
 
 /* Parses one line (without its newline): 0 and *ret; -EBADMSG for a checksum
  * mismatch; -EINVAL for a payload that does not parse; -EPROTONOSUPPORT for a

@@ -42,7 +42,7 @@ INTERVAL = "50ms"
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 EVENT_ID = re.compile(r"^evt_[0-9a-f]{32}$")
 CORRUPT_NAME = re.compile(r"^state\.corrupt-\d{8}T\d{6}Z(-\d+)?$")
-STATE_HEADER = "sessionwatch-state 1"
+STATE_HEADER = "sessionwatch-state 2"
 
 # ---------------------------------------------------------------------------
 # The state file, read independently of the daemon
@@ -114,6 +114,8 @@ def state_sessions(data):
             sessions[fields[1]] = (decode_status(fields[2]), int(fields[3]), fields[4])
         elif fields[0] == "U" and len(fields) == 2:
             sessions.pop(fields[1], None)
+        elif fields[0] == "W" and len(fields) == 3:
+            pass  # a discovery watermark, not a session
         else:
             raise AssertionError(f"unknown state record {payload!r}")
     return sessions

@@ -678,7 +678,7 @@ static void test_record_parse_rejects(void **unused)
             {"U", -EINVAL},
             {"SS ses1 Active 1 -", -EINVAL},
             {"", -EBADMSG},
-            {"sessionwatch-state 2", -EPROTONOSUPPORT},
+            {"sessionwatch-state 3", -EPROTONOSUPPORT},
             {"sessionwatch-state 99", -EPROTONOSUPPORT},
             {"sessionwatch-state x", -EINVAL},
             {"sessionwatch-state ", -EINVAL},
@@ -999,7 +999,7 @@ static void test_load_corrupt(void **unused)
         n++;
         /* A newer format. */
         cases[n].name = "unknown version";
-        corrupt_case_add(&cases[n], "sessionwatch-state 2");
+        corrupt_case_add(&cases[n], "sessionwatch-state 3");
         corrupt_case_add(&cases[n], "S ses1 Active 1 -");
         n++;
         /* The version line alone, no newline missing: still not ours. */
@@ -1575,6 +1575,301 @@ static int count_session(void *userdata, const StateSession *s)
         return 0;
 }
 
+/* ---- Watermarks (format version 2) ---- */
+
+static void test_record_watermark(void **unused)
+{
+        char line[STATE_LINE_MAX];
+        StateRecord rec;
+        ssize_t n;
+
+        (void)unused;
+        /* A runbook key and the `*` of [watch] all round-trip. */
+        n = state_format_watermark(line, sizeof(line), "rbk20220120z15kl79", 18, 1642377165601486);
+        assert_true(n > 0);
+        assert_int_equal(line[n - 1], '\n');
+        assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), 0);
+        assert_int_equal(rec.type, STATE_RECORD_WATERMARK);
+        assert_string_equal(rec.id, "rbk20220120z15kl79");
+        assert_int_equal(rec.session.id_len, 18);
+        assert_int_equal(rec.watermark_us, 1642377165601486);
+        n = state_format_watermark(line, sizeof(line), "*", 1, 0);
+        assert_true(n > 0);
+        assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), 0);
+        assert_int_equal(rec.type, STATE_RECORD_WATERMARK);
+        assert_string_equal(rec.id, "*");
+        assert_int_equal(rec.watermark_us, 0);
+
+        /* Bad keys are refused when formatting and when parsing. */
+        assert_int_equal(state_format_watermark(line, sizeof(line), "**", 2, 1), -EINVAL);
+        assert_int_equal(state_format_watermark(line, sizeof(line), "rbk 1", 5, 1), -EINVAL);
+        assert_int_equal(state_format_watermark(line, sizeof(line), "", 0, 1), -EINVAL);
+        assert_int_equal(state_format_watermark(line, 10, "rbk1", 4, 1), -ENOBUFS);
+        {
+                const char *bad[] = {"W rbk1", "W rbk1 1 2", "W ** 1", "W rbk/1 1", "W rbk1 x", "W * 1.5"};
+
+                for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+                        size_t len = seal(line, bad[k]);
+
+                        assert_int_equal(state_parse_line(line, len - 1, &rec), -EINVAL);
+                }
+        }
+
+        /* The `s` flag (a stalled event went out) round-trips, alone and
+         * with the others. */
+        for (unsigned flags = 0; flags < 8; flags++) {
+                StateSession ss = {.id = "ses1",
+                                   .id_len = 4,
+                                   .status = "Waiting",
+                                   .status_len = 7,
+                                   .updated_at_us = 9,
+                                   .flags = flags};
+
+                n = state_format_session(line, sizeof(line), &ss);
+                assert_true(n > 0);
+                assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), 0);
+                assert_int_equal(rec.session.flags, flags);
+        }
+        n = seal(line, "S ses1 Waiting 9 ss");
+        assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), -EINVAL);
+
+        /* Both versions are read; version 1 files predate W and `s`. */
+        n = seal(line, "sessionwatch-state 1");
+        assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), 0);
+        assert_int_equal(rec.version, 1);
+        n = seal(line, "sessionwatch-state 2");
+        assert_int_equal(state_parse_line(line, (size_t)n - 1, &rec), 0);
+        assert_int_equal(rec.version, 2);
+}
+
+/* What a load delivered: the last watermark per key. */
+typedef struct Marks {
+        Model *model;
+        char keys[8][STATE_ID_MAX + 1];
+        int64_t values[8];
+        size_t n;
+        unsigned calls;
+} Marks;
+
+static int marks_on_session(void *userdata, const StateSession *s)
+{
+        return on_load_session(((Marks *)userdata)->model, s);
+}
+
+static int marks_on_removed(void *userdata, const char *id, size_t len)
+{
+        return on_load_removed(((Marks *)userdata)->model, id, len);
+}
+
+static int marks_on_next(void *userdata, size_t *cursor, StateSession *ret)
+{
+        return on_next(((Marks *)userdata)->model, cursor, ret);
+}
+
+/* Keeps every key but those starting with "old". */
+static int marks_on_watermark(void *userdata, const char *key, size_t len, int64_t newest_us)
+{
+        Marks *m = userdata;
+        size_t k;
+
+        assert_int_equal(key[len], '\0');
+        m->calls++;
+        for (k = 0; k < m->n; k++)
+                if (strcmp(m->keys[k], key) == 0)
+                        break;
+        if (k == m->n) {
+                assert_true(m->n < 8);
+                snprintf(m->keys[m->n++], sizeof(m->keys[0]), "%s", key);
+        }
+        m->values[k] = newest_us;
+        return strncmp(key, "old", 3) == 0 ? 0 : 1;
+}
+
+static const StateCallbacks marks_callbacks = {
+    .session = marks_on_session,
+    .removed = marks_on_removed,
+    .next = marks_on_next,
+    .watermark = marks_on_watermark,
+};
+
+static int64_t mark_of(const Marks *m, const char *key)
+{
+        for (size_t k = 0; k < m->n; k++)
+                if (strcmp(m->keys[k], key) == 0)
+                        return m->values[k];
+        return -1;
+}
+
+/* Opens dir with marks_callbacks into *m (and its model), runs the loop
+ * until the module is idle, and closes it again. */
+static void reload_marks(const char *dir, Marks *m, Model *model, StateLoadReport *rep)
+{
+        uv_loop_t loop;
+        State *st = NULL;
+        StateOptions o = test_options(dir);
+
+        *m = (Marks){.model = model};
+        assert_int_equal(uv_loop_init(&loop), 0);
+        assert_int_equal(state_open(&loop, &o, &marks_callbacks, m, &st, rep), 0);
+        assert_false(rep->corrupt);
+        /* Lets an upgrade rewrite (version 1 files) finish. */
+        for (int k = 0; k < 2000; k++) {
+                StateHealth h;
+
+                state_health(st, &h);
+                if (!h.compacting && h.pending_bytes == 0)
+                        break;
+                uv_run(&loop, UV_RUN_ONCE);
+        }
+        assert_int_equal(state_flush_sync(st), 0);
+        state_close(st, NULL, NULL);
+        assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+        assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_watermark_durable(void **unused)
+{
+        Fixture f;
+        Marks m;
+        Model model;
+        StateLoadReport rep;
+        char *data;
+        size_t size;
+
+        (void)unused;
+        fixture_setup(&f);
+        {
+                StateOptions o = test_options(f.dir);
+
+                fixture_open(&f, &o, 64);
+        }
+        change(f.st, &f.model, "ses1", "Waiting", 10, STATE_SESSION_DYNAMIC | STATE_SESSION_STALLED);
+        assert_int_equal(state_put_watermark(f.st, "rbk1", 4, 100), 0);
+        assert_int_equal(state_put_watermark(f.st, "*", 1, 7), 0);
+        assert_int_equal(state_put_watermark(f.st, "rbk1", 4, 250), 0);
+        assert_int_equal(state_put_watermark(f.st, "oldrbk", 6, 5), 0);
+        assert_int_equal(state_put_watermark(f.st, "bad key", 7, 5), -EINVAL);
+        assert_int_equal(state_flush_sync(f.st), 0);
+
+        /* The last record per key wins, sessions load beside them. */
+        model_init(&model, 64);
+        reload_marks(f.dir, &m, &model, &rep);
+        assert_int_equal(m.calls, 4);
+        assert_int_equal(mark_of(&m, "rbk1"), 250);
+        assert_int_equal(mark_of(&m, "*"), 7);
+        assert_int_equal(mark_of(&m, "oldrbk"), 5);
+        assert_model_equal(&f.model, &model);
+        model_done(&model);
+
+        /* A rewrite keeps the watermarks it was given (here: from this
+         * State's own puts, all four). */
+        assert_int_equal(state_compact(f.st), 0);
+        run_until(&f, compaction_done, 60000);
+        model_init(&model, 64);
+        reload_marks(f.dir, &m, &model, &rep);
+        assert_int_equal(m.n, 3);
+        assert_int_equal(mark_of(&m, "rbk1"), 250);
+        assert_int_equal(mark_of(&m, "*"), 7);
+        assert_int_equal(mark_of(&m, "oldrbk"), 5);
+        assert_model_equal(&f.model, &model);
+        model_done(&model);
+        fixture_teardown(&f);
+
+        /* A State that loaded the file keeps only what the daemon wanted:
+         * after its rewrite "oldrbk" is gone, the others stay. */
+        fixture_setup(&f);
+        {
+                uv_loop_t loop;
+                State *st = NULL;
+                StateOptions o = test_options(f.dir);
+                char line[128];
+                size_t n = seal(line, "sessionwatch-state 2");
+
+                data = malloc(4096);
+                assert_non_null(data);
+                memcpy(data, line, n);
+                size = n;
+                n = seal(line, "W rbk1 250");
+                memcpy(data + size, line, n);
+                size += n;
+                n = seal(line, "W oldrbk 5");
+                memcpy(data + size, line, n);
+                size += n;
+                n = seal(line, "S ses1 Active 3 d");
+                memcpy(data + size, line, n);
+                size += n;
+                write_file(f.dir, "state", data, size);
+                free(data);
+
+                model_init(&model, 64);
+                m = (Marks){.model = &model};
+                assert_int_equal(uv_loop_init(&loop), 0);
+                assert_int_equal(state_open(&loop, &o, &marks_callbacks, &m, &st, &rep), 0);
+                assert_int_equal(state_compact(st), 0);
+                for (int k = 0; k < 2000; k++) {
+                        StateHealth h;
+
+                        state_health(st, &h);
+                        if (h.compactions > 0 && !h.compacting)
+                                break;
+                        uv_run(&loop, UV_RUN_ONCE);
+                }
+                assert_int_equal(state_flush_sync(st), 0);
+                state_close(st, NULL, NULL);
+                assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+                assert_int_equal(uv_loop_close(&loop), 0);
+                model_done(&model);
+        }
+        model_init(&model, 64);
+        reload_marks(f.dir, &m, &model, &rep);
+        assert_int_equal(mark_of(&m, "rbk1"), 250);
+        assert_int_equal(mark_of(&m, "oldrbk"), -1);
+        assert_int_equal(model.n_live, 1);
+        model_done(&model);
+        fixture_teardown(&f);
+}
+
+/* A version 1 file loads as it is and is rewritten with the current header. */
+static void test_load_version_1(void **unused)
+{
+        char line[128], data[512];
+        size_t size = 0, n;
+        Fixture f;
+        Marks m;
+        Model model;
+        StateLoadReport rep;
+        char *text;
+
+        (void)unused;
+        fixture_setup(&f);
+        n = seal(line, "sessionwatch-state 1");
+        memcpy(data + size, line, n);
+        size += n;
+        n = seal(line, "S ses1 Active 3 d");
+        memcpy(data + size, line, n);
+        size += n;
+        n = seal(line, "S ses2 Failed 4 g");
+        memcpy(data + size, line, n);
+        size += n;
+        write_file(f.dir, "state", data, size);
+
+        model_init(&model, 64);
+        reload_marks(f.dir, &m, &model, &rep);
+        assert_false(rep.fresh);
+        assert_int_equal(model.n_live, 2);
+        model_done(&model);
+
+        text = read_file(f.dir, "state", &n);
+        assert_true(n > 30);
+        assert_memory_equal(text + 9, "sessionwatch-state 2\n", 21);
+        free(text);
+        model_init(&model, 64);
+        reload_marks(f.dir, &m, &model, &rep);
+        assert_int_equal(model.n_live, 2);
+        model_done(&model);
+        fixture_teardown(&f);
+}
+
 static void test_bench(void **unused)
 {
         const char *e = getenv("SW_STATE_BENCH");
@@ -1647,6 +1942,9 @@ int main(void)
             cmocka_unit_test(test_read_only_at_start),
             cmocka_unit_test(test_read_only_corrupt),
             cmocka_unit_test(test_folder_uncreatable),
+            cmocka_unit_test(test_record_watermark),
+            cmocka_unit_test(test_watermark_durable),
+            cmocka_unit_test(test_load_version_1),
             cmocka_unit_test(test_bench),
         };
 

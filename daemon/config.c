@@ -16,6 +16,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "webhook.h"
 
 /* Debian's inih turns the size of its line buffer into a run-time setting
  * (ini_max_line); upstream builds fix it at compile time at 200 bytes, which
@@ -1118,6 +1119,23 @@ static int parse_secret_file(Parser *p, const Key *k, const char *value, void *f
         if (r < 0) {
                 add_error(p, p->line, "secret-file %s", err);
                 return -ECANCELED;
+        }
+        {
+                /* The key is decoded again when the sink starts; checking it
+                 * here makes --check-config catch a mangled secret. */
+                WebhookKey key;
+                char q[QUOTE_MAX + 4];
+                bool ok = webhook_key_from_secret(secret, &key) == 0;
+
+                explicit_bzero(&key, sizeof(key));
+                if (!ok) {
+                        wipe_free(secret);
+                        add_error(p, p->line,
+                                  "secret-file '%s': not a Standard Webhooks secret ('whsec_' followed by "
+                                  "base64)",
+                                  quote(value, q));
+                        return -ECANCELED;
+                }
         }
         path = strdup(value);
         if (!path)

@@ -22,6 +22,7 @@
 #include "notify.h"
 #include "scheduler.h"
 #include "sessions.h"
+#include "sink-webhook.h"
 #include "state.h"
 
 /* How long a stop waits for requests in flight before cancelling them. */
@@ -632,12 +633,42 @@ static int make_source(Daemon *d)
         return 0;
 }
 
+/* One sink per [webhook] section. Their outboxes live in the state folder:
+ * without one, at-least-once delivery cannot be kept, so the daemon refuses
+ * to start rather than lose events silently. */
+static int setup_webhooks(Daemon *d)
+{
+        const Config *c = d->config;
+        Sink *s;
+        int r;
+
+        if (c->n_webhooks > 0 && !c->state.path) {
+                log_error("Webhooks need a state folder for their outboxes: set [state] path (or run with "
+                          "StateDirectory=).");
+                return -EINVAL;
+        }
+        for (size_t k = 0; k < c->n_webhooks; k++) {
+                SinkWebhookOptions wo = {
+                    .config = &c->webhooks[k],
+                    .state_folder = c->state.path,
+                    .app_url = c->api.app_url,
+                    .ca_file = c->api.ca_file,
+                };
+
+                r = sink_webhook_new(&d->loop, &wo, &s);
+                if (r < 0)
+                        return r;
+                d->sinks[d->n_sinks++] = s;
+        }
+        return 0;
+}
+
 static int setup_sinks(Daemon *d, const DaemonOptions *o)
 {
         Sink *s;
         int r;
 
-        d->sinks = calloc(2, sizeof(Sink *));
+        d->sinks = calloc(2 + d->config->n_webhooks, sizeof(Sink *));
         if (!d->sinks)
                 return -ENOMEM;
         if (d->config->journal.enable) {
@@ -652,7 +683,7 @@ static int setup_sinks(Daemon *d, const DaemonOptions *o)
                         return r;
                 d->sinks[d->n_sinks++] = s;
         }
-        return 0;
+        return setup_webhooks(d);
 }
 
 static int setup_sessions(Daemon *d)

@@ -628,7 +628,7 @@ static void test_many_sessions(void **state)
 static void test_webhooks(void **state)
 {
         char *s1 = write_secret("wh1.secret", "\n  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw  \n");
-        char *s2 = write_secret("wh2.secret", "whsec_second");
+        char *s2 = write_secret("wh2.secret", "whsec_c2Vjb25k");
         static const char text[] = KEYHDR "[webhook \"oncall\"]\n"
                                           "url = https://hooks.example.com/sessions\n"
                                           "secret-file = @DIR@/wh1.secret\n"
@@ -655,7 +655,7 @@ static void test_webhooks(void **state)
         assert_string_equal(w->secret_files[1], s2);
         assert_null(w->secret_files[2]);
         assert_string_equal(w->secrets[0], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        assert_string_equal(w->secrets[1], "whsec_second");
+        assert_string_equal(w->secrets[1], "whsec_c2Vjb25k");
         assert_null(w->secrets[2]);
         assert_int_equal(w->statuses, BIT(FAILED) | BIT(WAITING));
         assert_int_equal(w->format, CONFIG_WEBHOOK_FORMAT_SLACK);
@@ -821,6 +821,34 @@ static void test_secret_never_in_errors(void **state)
         assert_null(strstr(err, "hunter2"));
         free(k);
         free(w);
+}
+
+/* A secret must be "whsec_" + base64, so that a mangled one stops the start
+ * (and --check-config) instead of making every signature wrong. The message
+ * names the file, never the contents. */
+static void test_webhook_secret_not_base64(void **state)
+{
+        static const char *const bad[] = {"whsec_hunter2!", "hunter2AAAAA", "whsec_",
+                                          "whsec_abc",      "whsec_a===",   "whsec_YWJj ZGVm"};
+        char err[8192];
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char *w = write_secret("bad-wh", bad[i]);
+                Config *c = NULL;
+                int r;
+
+                r = load_text(KEYHDR "[webhook \"w\"]\n"
+                                     "url = https://h\n"
+                                     "secret-file = @DIR@/bad-wh\n",
+                              NULL, &c, err, sizeof(err), NULL);
+                assert_int_equal(r, -EINVAL);
+                assert_null(c);
+                assert_non_null(strstr(err, ":5: secret-file '"));
+                assert_non_null(
+                    strstr(err, "bad-wh': not a Standard Webhooks secret ('whsec_' followed by base64)"));
+                assert_null(strstr(err, "hunter2"));
+                free(w);
+        }
 }
 
 /* One broken file per message kind; the whole message is checked. */
@@ -1219,6 +1247,7 @@ int main(void)
                 cmocka_unit_test(test_read_secret),
                 cmocka_unit_test(test_secret_never_in_errors),
                 cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_webhook_secret_not_base64),
                 cmocka_unit_test(test_error_limit),
                 cmocka_unit_test(test_long_line),
                 cmocka_unit_test(test_unreadable),

@@ -1,0 +1,1521 @@
+/* outbox: a webhook's durable queue. See outbox.h for the format and the
+ * guarantees.
+ *
+ * Invariants that make the bounded window work:
+ *   - E records are written in seq order, and the window holds a prefix of
+ *     the pending events in seq order; mem_hi_seq is the highest seq ever
+ *     put into the window.
+ *   - Once the window is full, every new event is "disk only" (not in
+ *     memory) until read-back has caught up with all of them, so every E
+ *     record with a seq above mem_hi_seq is pending and only on disk.
+ *   - A D record is only ever made for an event in the window.
+ * Read-back therefore scans the file from read_offset and takes the E
+ * records above mem_hi_seq; compaction keeps the written window plus those.
+ *
+ * Threading: one Job at a time is in the threadpool. It owns its buffer and
+ * result list while it runs; the loop thread applies its results in the
+ * after-work callback. The file descriptors are only replaced there. */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "outbox.h"
+#include "state.h"
+
+#define HEADER_PAYLOAD "sessionwatch-outbox 1"
+#define HEADER_MAGIC "sessionwatch-outbox "
+
+#define DEFAULT_WINDOW_ENTRIES 1024
+#define DEFAULT_WINDOW_BYTES ((size_t)4 * 1024 * 1024)
+#define DEFAULT_SYNC_INTERVAL_MS 1000
+#define DEFAULT_COMPACT_MIN_BYTES (256 * 1024)
+#define DEFAULT_PENDING_MAX ((size_t)16 * 1024 * 1024)
+#define DEFAULT_RETRY_MIN_MS 1000
+#define DEFAULT_RETRY_MAX_MS 30000
+/* The first read buffer of the line reader; it grows up to a record. */
+#define READER_INITIAL ((size_t)64 * 1024)
+
+static const char hex_lower[] = "0123456789abcdef";
+
+/* ---- Records ---- */
+
+typedef enum RecordType {
+        RECORD_HEADER,
+        RECORD_EVENT,
+        RECORD_DONE,
+} RecordType;
+
+typedef struct Record {
+        RecordType type;
+        uint64_t seq;
+        int64_t created_us;
+        const char *session_id, *event_id, *body;
+        size_t session_id_len, event_id_len, body_len;
+} Record;
+
+static bool id_valid(const char *s, size_t n)
+{
+        if (n == 0 || n > OUTBOX_ID_MAX)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '_' || c == '-'))
+                        return false;
+        }
+        return true;
+}
+
+/* Parses the next blank-separated field of [*p, end) as an unsigned number. */
+static int take_u64(const char **p, const char *end, uint64_t *ret)
+{
+        const char *s = *p;
+        uint64_t v = 0;
+
+        if (s >= end || *s < '0' || *s > '9')
+                return -EINVAL;
+        while (s < end && *s >= '0' && *s <= '9') {
+                if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
+                        return -EINVAL;
+                v = v * 10 + (uint64_t)(*s - '0');
+                s++;
+        }
+        *p = s;
+        *ret = v;
+        return 0;
+}
+
+static int take_space(const char **p, const char *end)
+{
+        if (*p >= end || **p != ' ')
+                return -EINVAL;
+        (*p)++;
+        return 0;
+}
+
+static int take_id(const char **p, const char *end, const char **ret, size_t *ret_len)
+{
+        const char *s = *p, *sp = memchr(s, ' ', (size_t)(end - s));
+
+        if (!sp || !id_valid(s, (size_t)(sp - s)))
+                return -EINVAL;
+        *ret = s;
+        *ret_len = (size_t)(sp - s);
+        *p = sp;
+        return 0;
+}
+
+/* Parses one line without its newline. -EBADMSG for a checksum or framing
+ * error, -EINVAL for a payload that does not parse, -EPROTONOSUPPORT for a
+ * header of another version. */
+static int parse_line(const char *line, size_t len, Record *rec)
+{
+        const char *p = line + 9, *end = line + len;
+        uint32_t crc = 0;
+        uint64_t created;
+
+        if (len < 10 || line[8] != ' ')
+                return -EBADMSG;
+        for (int i = 0; i < 8; i++) {
+                const char *h = memchr(hex_lower, line[i], 16);
+                if (!h || line[i] == '\0')
+                        return -EBADMSG;
+                crc = crc << 4 | (uint32_t)(h - hex_lower);
+        }
+        if (state_crc32c(0, p, (size_t)(end - p)) != crc)
+                return -EBADMSG;
+
+        *rec = (Record){};
+        if ((size_t)(end - p) >= strlen(HEADER_MAGIC) &&
+            memcmp(p, HEADER_MAGIC, strlen(HEADER_MAGIC)) == 0) {
+                rec->type = RECORD_HEADER;
+                if ((size_t)(end - p) != strlen(HEADER_PAYLOAD) ||
+                    memcmp(p, HEADER_PAYLOAD, (size_t)(end - p)) != 0)
+                        return -EPROTONOSUPPORT;
+                return 0;
+        }
+        if (end - p >= 2 && p[0] == 'D' && p[1] == ' ') {
+                p += 2;
+                rec->type = RECORD_DONE;
+                if (take_u64(&p, end, &rec->seq) < 0 || p != end)
+                        return -EINVAL;
+                return 0;
+        }
+        if (end - p >= 2 && p[0] == 'E' && p[1] == ' ') {
+                p += 2;
+                rec->type = RECORD_EVENT;
+                if (take_u64(&p, end, &rec->seq) < 0 || take_space(&p, end) < 0 ||
+                    take_u64(&p, end, &created) < 0 || created > INT64_MAX || take_space(&p, end) < 0 ||
+                    take_id(&p, end, &rec->session_id, &rec->session_id_len) < 0 ||
+                    take_space(&p, end) < 0 || take_id(&p, end, &rec->event_id, &rec->event_id_len) < 0 ||
+                    take_space(&p, end) < 0 || p >= end)
+                        return -EINVAL;
+                rec->created_us = (int64_t)created;
+                rec->body = p;
+                rec->body_len = (size_t)(end - p);
+                return 0;
+        }
+        return -EINVAL;
+}
+
+/* ---- Buffers ---- */
+
+typedef struct Buf {
+        char *data;
+        size_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra)
+{
+        size_t want;
+        char *p;
+
+        if (b->len + extra <= b->cap)
+                return 0;
+        want = b->cap ? b->cap : 4096;
+        while (want < b->len + extra)
+                want *= 2;
+        p = realloc(b->data, want);
+        if (!p)
+                return -ENOMEM;
+        b->data = p;
+        b->cap = want;
+        return 0;
+}
+
+static void buf_free(Buf *b)
+{
+        free(b->data);
+        *b = (Buf){};
+}
+
+/* Appends a sealed line: checksum, blank, the payload pieces, newline. */
+static int buf_put_line(Buf *b, const char *const *parts, const size_t *lens, size_t n)
+{
+        size_t total = 0;
+        uint32_t crc = 0;
+        char *p;
+        int r;
+
+        for (size_t i = 0; i < n; i++)
+                total += lens[i];
+        r = buf_reserve(b, total + 10);
+        if (r < 0)
+                return r;
+        p = b->data + b->len + 9;
+        for (size_t i = 0; i < n; i++) {
+                memcpy(p, parts[i], lens[i]);
+                crc = state_crc32c(crc, parts[i], lens[i]);
+                p += lens[i];
+        }
+        *p++ = '\n';
+        for (int i = 7; i >= 0; i--) {
+                b->data[b->len + (size_t)i] = hex_lower[crc & 0xf];
+                crc >>= 4;
+        }
+        b->data[b->len + 8] = ' ';
+        b->len = (size_t)(p - b->data);
+        return 0;
+}
+
+static int put_header(Buf *b)
+{
+        const char *parts[] = {HEADER_PAYLOAD};
+        size_t lens[] = {strlen(HEADER_PAYLOAD)};
+
+        return buf_put_line(b, parts, lens, 1);
+}
+
+static int put_event(Buf *b, uint64_t seq, int64_t created_us, const char *sid, size_t sid_len,
+                     const char *eid, size_t eid_len, const char *body, size_t body_len)
+{
+        char head[64];
+        int n = snprintf(head, sizeof(head), "E %" PRIu64 " %" PRId64 " ", seq, created_us);
+        const char *parts[] = {head, sid, " ", eid, " ", body};
+        size_t lens[] = {(size_t)n, sid_len, 1, eid_len, 1, body_len};
+
+        return buf_put_line(b, parts, lens, 6);
+}
+
+static int put_done(Buf *b, uint64_t seq)
+{
+        char payload[32];
+        int n = snprintf(payload, sizeof(payload), "D %" PRIu64, seq);
+        const char *parts[] = {payload};
+        size_t lens[] = {(size_t)n};
+
+        return buf_put_line(b, parts, lens, 1);
+}
+
+/* ---- Blocking file helpers (threadpool, or outbox_open) ---- */
+
+static int write_all(int fd, const char *p, size_t n)
+{
+        while (n > 0) {
+                ssize_t k = write(fd, p, n);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -EIO;
+                p += k;
+                n -= (size_t)k;
+        }
+        return 0;
+}
+
+/* Reads complete lines of a file region [pos, end) with pread. */
+typedef struct LineReader {
+        int fd;
+        uint64_t pos; /* file offset of buf[0] */
+        uint64_t end;
+        char *buf;
+        size_t cap, start, len; /* unread lines are buf[start, len) */
+        bool eof;
+} LineReader;
+
+static void reader_init(LineReader *r, int fd, uint64_t from, uint64_t end)
+{
+        *r = (LineReader){.fd = fd, .pos = from, .end = end};
+}
+
+static void reader_done(LineReader *r)
+{
+        free(r->buf);
+        r->buf = NULL;
+}
+
+/* Returns 1 and the next line (without its newline) and its offset, 0 at the
+ * end (r->len - r->start bytes of a torn line are left), -EBADMSG for a line
+ * longer than a record can be, or another -errno. */
+static int reader_next(LineReader *r, const char **ret, size_t *ret_len, uint64_t *ret_offset)
+{
+        for (;;) {
+                char *nl = r->buf ? memchr(r->buf + r->start, '\n', r->len - r->start) : NULL;
+                uint64_t want;
+                ssize_t k;
+
+                if (nl) {
+                        *ret = r->buf + r->start;
+                        *ret_len = (size_t)(nl - *ret);
+                        *ret_offset = r->pos + r->start;
+                        r->start = (size_t)(nl - r->buf) + 1;
+                        return 1;
+                }
+                if (r->eof)
+                        return 0;
+                if (r->start > 0) {
+                        memmove(r->buf, r->buf + r->start, r->len - r->start);
+                        r->pos += r->start;
+                        r->len -= r->start;
+                        r->start = 0;
+                }
+                if (r->len == r->cap) {
+                        size_t cap = r->cap ? r->cap * 2 : READER_INITIAL;
+                        char *p;
+
+                        if (r->cap >= OUTBOX_LINE_MAX)
+                                return -EBADMSG;
+                        if (cap > OUTBOX_LINE_MAX)
+                                cap = OUTBOX_LINE_MAX;
+                        p = realloc(r->buf, cap);
+                        if (!p)
+                                return -ENOMEM;
+                        r->buf = p;
+                        r->cap = cap;
+                }
+                want = r->end - (r->pos + r->len);
+                if (want > r->cap - r->len)
+                        want = r->cap - r->len;
+                if (want == 0) {
+                        r->eof = true;
+                        continue;
+                }
+                k = pread(r->fd, r->buf + r->len, (size_t)want, (off_t)(r->pos + r->len));
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        r->eof = true;
+                r->len += (size_t)k;
+        }
+}
+
+static int open_folder(const char *path, int *ret_fd)
+{
+        char *copy;
+        int fd;
+
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+                copy = strdup(path);
+                if (!copy)
+                        return -ENOMEM;
+                for (char *p = copy + 1;; p++) {
+                        bool last = *p == '\0';
+
+                        if (*p != '/' && !last)
+                                continue;
+                        *p = '\0';
+                        if (mkdir(copy, 0700) < 0 && errno != EEXIST) {
+                                int r = -errno;
+                                free(copy);
+                                return r;
+                        }
+                        if (last)
+                                break;
+                        *p = '/';
+                }
+                free(copy);
+                fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        }
+        if (fd < 0)
+                return -errno;
+        *ret_fd = fd;
+        return 0;
+}
+
+/* Writes a complete new file into `tmp` (created), fsyncs it, renames it
+ * over `name` and fsyncs the folder. *ret_fd is the new file, open for
+ * appending. `fill` writes the content. */
+static int replace_file(int dir_fd, const char *name, const char *tmp, int (*fill)(void *userdata, int fd),
+                        void *userdata, int *ret_fd)
+{
+        int fd, r;
+
+        fd = openat(dir_fd, tmp, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return -errno;
+        r = fill(userdata, fd);
+        if (r >= 0 && fsync(fd) < 0)
+                r = -errno;
+        if (r >= 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
+                r = -errno;
+        if (r >= 0 && fsync(dir_fd) < 0)
+                r = -errno;
+        if (r < 0) {
+                close(fd);
+                (void)unlinkat(dir_fd, tmp, 0);
+                return r;
+        }
+        *ret_fd = fd;
+        return 0;
+}
+
+/* ---- The module ---- */
+
+typedef enum JobKind {
+        JOB_APPEND,  /* write the pending records, maybe fdatasync */
+        JOB_REFILL,  /* read disk-only events back into memory */
+        JOB_COMPACT, /* rewrite the file with the pending events only */
+} JobKind;
+
+typedef struct Job {
+        uv_work_t req;
+        JobKind kind;
+        int fd, dir_fd;
+        const char *name, *tmp_name;
+
+        /* APPEND: the records and what they hold; COMPACT: the written
+         * window as E records. */
+        Buf buf;
+        uint64_t max_seq, e_records, d_records;
+        bool sync;
+        uint64_t file_size; /* APPEND: where the write starts; REFILL/COMPACT: the end to read to */
+
+        /* REFILL and COMPACT: the region after read_offset and what to take. */
+        uint64_t offset;
+        uint64_t mem_hi_seq;
+        size_t max_entries, max_bytes;
+
+        /* Results. */
+        int error;
+        const char *what;
+        OutboxEntry *first, *last; /* REFILL */
+        size_t n_entries, n_bytes;
+        uint64_t hi_seq, new_offset, bad_lines;
+        int new_fd; /* COMPACT */
+        uint64_t new_size, new_read_offset, tail_records;
+} Job;
+
+struct Outbox {
+        uv_loop_t *loop;
+        char *folder, *file_name, *tmp_name;
+        int fd, dir_fd;
+        size_t window_max, window_bytes_max, pending_max;
+        uint64_t sync_interval_ms, compact_min_bytes, retry_min_ms, retry_max_ms;
+        void (*ready)(void *userdata);
+        void *userdata;
+
+        OutboxEntry *head, *tail;
+        size_t n_window, window_bytes;
+        uint64_t disk_only;
+        uint64_t next_seq, mem_hi_seq, written_seq;
+        uint64_t read_offset, file_size, file_e, file_d;
+        uint64_t compact_after_bytes; /* after a failed rewrite, wait for the file to grow */
+
+        Buf pending;
+        uint64_t pending_max_seq, pending_e, pending_d;
+        bool unsynced, sync_due;
+
+        bool in_flight;
+        Job job;
+        bool blocked; /* a write failed: wait for the retry timer */
+        bool degraded;
+        unsigned failures;
+
+        uv_timer_t sync_timer, retry_timer;
+        bool closing, final_started;
+        unsigned n_handles;
+        void (*closed)(void *userdata);
+        void *closed_userdata;
+
+        uint64_t appended, done, refills, compactions, write_errors;
+        LogRateLimit error_rl;
+};
+
+static void start_job(Outbox *o);
+
+static size_t entry_cost(const OutboxEntry *e)
+{
+        return sizeof(*e) + e->body_len + 2 * OUTBOX_ID_MAX;
+}
+
+static OutboxEntry *entry_new(uint64_t seq, int64_t created_us, const char *sid, size_t sid_len,
+                              const char *eid, size_t eid_len, const char *body, size_t body_len)
+{
+        OutboxEntry *e = malloc(sizeof(*e) + sid_len + eid_len + body_len + 3);
+        char *p;
+
+        if (!e)
+                return NULL;
+        *e = (OutboxEntry){.seq = seq, .created_us = created_us, .body_len = body_len};
+        p = e->data;
+        memcpy(p, sid, sid_len);
+        p[sid_len] = '\0';
+        e->session_id = p;
+        p += sid_len + 1;
+        memcpy(p, eid, eid_len);
+        p[eid_len] = '\0';
+        e->event_id = p;
+        p += eid_len + 1;
+        memcpy(p, body, body_len);
+        p[body_len] = '\0';
+        e->body = p;
+        return e;
+}
+
+static void window_push(Outbox *o, OutboxEntry *e)
+{
+        e->prev = o->tail;
+        e->next = NULL;
+        if (o->tail)
+                o->tail->next = e;
+        else
+                o->head = e;
+        o->tail = e;
+        o->n_window++;
+        o->window_bytes += entry_cost(e);
+        if (e->seq > o->mem_hi_seq)
+                o->mem_hi_seq = e->seq;
+}
+
+static void window_unlink(Outbox *o, OutboxEntry *e)
+{
+        if (e->prev)
+                e->prev->next = e->next;
+        else
+                o->head = e->next;
+        if (e->next)
+                e->next->prev = e->prev;
+        else
+                o->tail = e->prev;
+        o->n_window--;
+        o->window_bytes -= entry_cost(e);
+}
+
+static bool window_full(const Outbox *o)
+{
+        return o->n_window > 0 && (o->n_window >= o->window_max || o->window_bytes >= o->window_bytes_max);
+}
+
+static void free_entries(OutboxEntry *e)
+{
+        while (e) {
+                OutboxEntry *next = e->next;
+                free(e);
+                e = next;
+        }
+}
+
+/* ---- Jobs, in the threadpool ---- */
+
+static void job_append(Job *j)
+{
+        int r;
+
+        if (j->buf.len > 0) {
+                r = write_all(j->fd, j->buf.data, j->buf.len);
+                if (r < 0) {
+                        j->error = r;
+                        j->what = "write";
+                        /* Take a partial line back off, so the retry appends
+                         * to whole records. */
+                        (void)ftruncate(j->fd, (off_t)j->file_size);
+                        return;
+                }
+        }
+        if (j->sync && fdatasync(j->fd) < 0) {
+                j->error = -errno;
+                j->what = "fdatasync";
+        }
+}
+
+static void job_refill(Job *j)
+{
+        LineReader rd;
+        const char *line;
+        size_t len;
+        uint64_t off;
+        Record rec;
+        int r;
+
+        reader_init(&rd, j->fd, j->offset, j->file_size);
+        j->new_offset = j->offset;
+        j->hi_seq = j->mem_hi_seq;
+        while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
+                OutboxEntry *e;
+
+                if (parse_line(line, len, &rec) < 0) {
+                        j->bad_lines++;
+                        j->new_offset = off + len + 1;
+                        continue;
+                }
+                if (rec.type != RECORD_EVENT || rec.seq <= j->hi_seq) {
+                        j->new_offset = off + len + 1;
+                        continue;
+                }
+                if (j->n_entries > 0 && (j->n_entries >= j->max_entries ||
+                                         j->n_bytes + sizeof(*e) + rec.body_len > j->max_bytes))
+                        break;
+                e = entry_new(rec.seq, rec.created_us, rec.session_id, rec.session_id_len, rec.event_id,
+                              rec.event_id_len, rec.body, rec.body_len);
+                if (!e) {
+                        r = -ENOMEM;
+                        break;
+                }
+                e->prev = j->last;
+                if (j->last)
+                        j->last->next = e;
+                else
+                        j->first = e;
+                j->last = e;
+                j->n_entries++;
+                j->n_bytes += entry_cost(e);
+                j->hi_seq = rec.seq;
+                j->new_offset = off + len + 1;
+        }
+        if (r < 0) {
+                j->error = r;
+                j->what = "read back";
+        }
+        reader_done(&rd);
+}
+
+static int compact_fill(void *userdata, int fd)
+{
+        Job *j = userdata;
+        Buf head = {};
+        LineReader rd;
+        const char *line;
+        size_t len;
+        uint64_t off;
+        Record rec;
+        int r;
+
+        if ((r = put_header(&head)) < 0 || (r = write_all(fd, head.data, head.len)) < 0 ||
+            (r = write_all(fd, j->buf.data, j->buf.len)) < 0) {
+                buf_free(&head);
+                return r;
+        }
+        j->new_read_offset = head.len + j->buf.len;
+        j->new_size = j->new_read_offset;
+        buf_free(&head);
+
+        /* The disk-only events follow, copied line by line. */
+        reader_init(&rd, j->fd, j->offset, j->file_size);
+        while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
+                if (parse_line(line, len, &rec) < 0 || rec.type != RECORD_EVENT || rec.seq <= j->mem_hi_seq)
+                        continue;
+                /* The newline after the line is in the reader's buffer. */
+                r = write_all(fd, line, len + 1);
+                if (r < 0)
+                        break;
+                j->new_size += len + 1;
+                j->tail_records++;
+        }
+        reader_done(&rd);
+        return r;
+}
+
+static void job_compact(Job *j)
+{
+        int r = replace_file(j->dir_fd, j->name, j->tmp_name, compact_fill, j, &j->new_fd);
+
+        if (r < 0) {
+                j->error = r;
+                j->what = "rewrite";
+                j->new_fd = -1;
+        }
+}
+
+static void on_work_run(uv_work_t *req)
+{
+        Job *j = req->data;
+
+        switch (j->kind) {
+        case JOB_APPEND:
+                job_append(j);
+                break;
+        case JOB_REFILL:
+                job_refill(j);
+                break;
+        case JOB_COMPACT:
+                job_compact(j);
+                break;
+        }
+}
+
+/* ---- Applying results, on the loop thread ---- */
+
+static void on_sync_timer_fire(uv_timer_t *t)
+{
+        Outbox *o = t->data;
+
+        o->sync_due = true;
+        start_job(o);
+}
+
+static void on_retry_timer_fire(uv_timer_t *t)
+{
+        Outbox *o = t->data;
+
+        o->blocked = false;
+        start_job(o);
+}
+
+static void log_failure(Outbox *o, int error, const char *what)
+{
+        unsigned suppressed;
+
+        o->write_errors++;
+        if (log_ratelimit_ok(&o->error_rl, uv_now(o->loop), &suppressed))
+                log_error_errno(
+                    error, "Failed to %s the webhook outbox '%s/%s': %m (%u similar messages suppressed).",
+                    what, o->folder, o->file_name, suppressed);
+}
+
+static void apply_append(Outbox *o, Job *j)
+{
+        if (j->error < 0) {
+                uint64_t delay = o->retry_min_ms;
+
+                log_failure(o, j->error, j->what);
+                o->degraded = true;
+                if (j->buf.len > 0) {
+                        /* The records go back in front of what came since. */
+                        if (buf_reserve(&j->buf, o->pending.len) == 0) {
+                                if (o->pending.len > 0)
+                                        memcpy(j->buf.data + j->buf.len, o->pending.data, o->pending.len);
+                                j->buf.len += o->pending.len;
+                                Buf t = o->pending;
+                                o->pending = j->buf;
+                                j->buf = t;
+                                o->pending_e += j->e_records;
+                                o->pending_d += j->d_records;
+                        } else {
+                                log_error("Out of memory: %" PRIu64
+                                          " webhook outbox record(s) of '%s' lost.",
+                                          j->e_records + j->d_records, o->file_name);
+                        }
+                }
+                for (unsigned k = 0; k < o->failures && delay < o->retry_max_ms; k++)
+                        delay *= 2;
+                if (delay > o->retry_max_ms)
+                        delay = o->retry_max_ms;
+                if (o->failures < 32)
+                        o->failures++;
+                o->blocked = true;
+                uv_timer_start(&o->retry_timer, on_retry_timer_fire, delay, 0);
+                j->buf.len = 0;
+                return;
+        }
+        if (o->degraded) {
+                log_notice("Writing the webhook outbox '%s/%s' works again.", o->folder, o->file_name);
+                o->degraded = false;
+        }
+        o->failures = 0;
+        o->file_size += j->buf.len;
+        o->file_e += j->e_records;
+        o->file_d += j->d_records;
+        if (j->max_seq > o->written_seq)
+                o->written_seq = j->max_seq;
+        if (o->disk_only == 0)
+                o->read_offset = o->file_size;
+        if (j->sync) {
+                o->unsynced = false;
+                o->sync_due = false;
+        } else if (j->buf.len > 0) {
+                o->unsynced = true;
+                if (!uv_is_active((uv_handle_t *)&o->sync_timer) && !o->closing)
+                        uv_timer_start(&o->sync_timer, on_sync_timer_fire, o->sync_interval_ms, 0);
+        }
+        j->buf.len = 0;
+}
+
+static void apply_refill(Outbox *o, Job *j)
+{
+        OutboxEntry *e = j->first;
+
+        if (j->error < 0)
+                log_failure(o, j->error, j->what);
+        if (j->bad_lines > 0)
+                log_error("Skipped %" PRIu64
+                          " unreadable record(s) while reading back the webhook outbox '%s/%s'.",
+                          j->bad_lines, o->folder, o->file_name);
+        while (e) {
+                OutboxEntry *next = e->next;
+                window_push(o, e);
+                e = next;
+        }
+        j->first = j->last = NULL;
+        o->disk_only -= j->n_entries <= o->disk_only ? j->n_entries : o->disk_only;
+        o->read_offset = j->new_offset;
+        /* Read to the end and nothing unwritten: the count was off (records
+         * lost to disk damage); what is on disk is all in memory now. */
+        if (j->error == 0 && o->read_offset >= o->file_size && o->pending_e == 0)
+                o->disk_only = 0;
+        o->refills++;
+}
+
+static void apply_compact(Outbox *o, Job *j)
+{
+        if (j->error < 0) {
+                log_failure(o, j->error, j->what);
+                o->compact_after_bytes = o->file_size * 2;
+                j->buf.len = 0;
+                return;
+        }
+        close(o->fd);
+        o->fd = j->new_fd;
+        o->file_size = j->new_size;
+        o->read_offset = o->disk_only > 0 ? j->new_read_offset : j->new_size;
+        o->file_e = j->e_records + j->tail_records;
+        o->file_d = 0;
+        o->unsynced = false;
+        o->compactions++;
+        o->compact_after_bytes = 0;
+        j->buf.len = 0;
+}
+
+static void close_finish(Outbox *o);
+
+static void on_work_done(uv_work_t *req, int status)
+{
+        Job *j = req->data;
+        Outbox *o = (Outbox *)((char *)j - offsetof(Outbox, job));
+        bool became_ready = false;
+
+        (void)status; /* jobs are never cancelled */
+        switch (j->kind) {
+        case JOB_APPEND:
+                became_ready = j->error == 0 && j->e_records > 0;
+                apply_append(o, j);
+                break;
+        case JOB_REFILL:
+                became_ready = j->n_entries > 0;
+                apply_refill(o, j);
+                break;
+        case JOB_COMPACT:
+                apply_compact(o, j);
+                break;
+        }
+        o->in_flight = false;
+        if (o->closing) {
+                if (o->final_started)
+                        close_finish(o);
+                else
+                        start_job(o);
+                return;
+        }
+        if (became_ready && o->ready)
+                o->ready(o->userdata);
+        start_job(o);
+}
+
+/* ---- Starting jobs ---- */
+
+static void job_reset(Outbox *o, Job *j, JobKind kind)
+{
+        Buf keep = j->buf;
+
+        *j = (Job){.kind = kind,
+                   .fd = o->fd,
+                   .dir_fd = o->dir_fd,
+                   .name = o->file_name,
+                   .tmp_name = o->tmp_name,
+                   .new_fd = -1};
+        j->buf = keep;
+        j->buf.len = 0;
+        j->req.data = j;
+}
+
+static void submit(Outbox *o)
+{
+        int r = uv_queue_work(o->loop, &o->job.req, on_work_run, on_work_done);
+
+        /* uv_queue_work() only fails for a NULL work callback. */
+        assert(r == 0);
+        (void)r;
+        o->in_flight = true;
+}
+
+static void start_append(Outbox *o, bool sync)
+{
+        Job *j = &o->job;
+        Buf t;
+
+        job_reset(o, j, JOB_APPEND);
+        t = j->buf;
+        j->buf = o->pending;
+        o->pending = t;
+        o->pending.len = 0;
+        j->e_records = o->pending_e;
+        j->d_records = o->pending_d;
+        j->max_seq = o->pending_max_seq;
+        o->pending_e = o->pending_d = 0;
+        j->sync = sync;
+        j->file_size = o->file_size;
+        submit(o);
+}
+
+static bool want_refill(const Outbox *o)
+{
+        return o->disk_only > 0 && o->read_offset < o->file_size && o->n_window <= o->window_max * 3 / 4 &&
+               o->window_bytes <= o->window_bytes_max * 3 / 4;
+}
+
+static void start_refill(Outbox *o)
+{
+        Job *j = &o->job;
+
+        job_reset(o, j, JOB_REFILL);
+        j->offset = o->read_offset;
+        j->file_size = o->file_size;
+        j->mem_hi_seq = o->mem_hi_seq;
+        j->max_entries = o->window_max > o->n_window ? o->window_max - o->n_window : 1;
+        j->max_bytes = o->window_bytes_max > o->window_bytes ? o->window_bytes_max - o->window_bytes : 1;
+        submit(o);
+}
+
+static bool want_compact(const Outbox *o)
+{
+        return o->file_size >= o->compact_min_bytes && o->file_size >= o->compact_after_bytes &&
+               o->file_d > 0 && o->file_d * 2 >= o->file_e;
+}
+
+static int start_compact(Outbox *o)
+{
+        Job *j = &o->job;
+        int r;
+
+        job_reset(o, j, JOB_COMPACT);
+        for (OutboxEntry *e = o->head; e && e->seq <= o->written_seq; e = e->next) {
+                r = put_event(&j->buf, e->seq, e->created_us, e->session_id, strlen(e->session_id),
+                              e->event_id, strlen(e->event_id), e->body, e->body_len);
+                if (r < 0)
+                        return r;
+                j->e_records++;
+        }
+        j->offset = o->disk_only > 0 ? o->read_offset : o->file_size;
+        j->file_size = o->file_size;
+        j->mem_hi_seq = o->mem_hi_seq;
+        submit(o);
+        return 0;
+}
+
+/* Hands the next piece of work to the threadpool, when none is in flight. */
+static void start_job(Outbox *o)
+{
+        if (o->in_flight || o->fd < 0)
+                return;
+        if (o->closing) {
+                /* The last job: whatever is pending, written and synced. */
+                o->final_started = true;
+                if (o->pending.len > 0 || o->unsynced) {
+                        start_append(o, true);
+                        return;
+                }
+                close_finish(o);
+                return;
+        }
+        if (o->blocked)
+                return;
+        if (o->pending.len > 0) {
+                start_append(o, o->sync_due);
+                return;
+        }
+        if (want_refill(o)) {
+                start_refill(o);
+                return;
+        }
+        if (want_compact(o)) {
+                if (start_compact(o) < 0) {
+                        o->job.buf.len = 0;
+                        o->compact_after_bytes = o->file_size * 2;
+                }
+                return;
+        }
+        if (o->sync_due && o->unsynced)
+                start_append(o, true);
+}
+
+/* ---- Public, loop thread ---- */
+
+int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64_t created_us,
+                  const char *body, size_t body_len)
+{
+        size_t sid_len = strlen(session_id), eid_len = strlen(event_id);
+        OutboxEntry *e = NULL;
+        size_t before;
+        int r;
+
+        if (o->closing)
+                return -ECANCELED;
+        if (!id_valid(session_id, sid_len) || !id_valid(event_id, eid_len) || body_len == 0 ||
+            memchr(body, '\n', body_len) || created_us < 0)
+                return -EINVAL;
+        if (body_len + sid_len + eid_len + 64 > OUTBOX_LINE_MAX)
+                return -E2BIG;
+        if (o->pending.len + body_len > o->pending_max)
+                return -ENOBUFS;
+
+        /* Once the window overflowed, newer events stay on disk until the
+         * read-back caught up with them, which keeps seq order. */
+        if (o->disk_only == 0 && !window_full(o)) {
+                e = entry_new(o->next_seq, created_us, session_id, sid_len, event_id, eid_len, body,
+                              body_len);
+                if (!e)
+                        return -ENOMEM;
+        }
+        before = o->pending.len;
+        r = put_event(&o->pending, o->next_seq, created_us, session_id, sid_len, event_id, eid_len, body,
+                      body_len);
+        if (r < 0) {
+                o->pending.len = before;
+                free(e);
+                return r;
+        }
+        o->pending_e++;
+        o->pending_max_seq = o->next_seq;
+        if (e)
+                window_push(o, e);
+        else
+                o->disk_only++;
+        o->next_seq++;
+        o->appended++;
+        start_job(o);
+        return 0;
+}
+
+OutboxEntry *outbox_first(Outbox *o)
+{
+        return o->head;
+}
+
+OutboxEntry *outbox_next(Outbox *o, OutboxEntry *e)
+{
+        (void)o;
+        return e->next;
+}
+
+bool outbox_entry_ready(const Outbox *o, const OutboxEntry *e)
+{
+        return e->seq <= o->written_seq;
+}
+
+void outbox_done(Outbox *o, OutboxEntry *e)
+{
+        int r;
+
+        assert(!o->closing || !o->final_started);
+        window_unlink(o, e);
+        r = put_done(&o->pending, e->seq);
+        if (r < 0)
+                /* The event will be sent again after a restart: at least
+                 * once still holds. */
+                log_error_errno(r, "Failed to record delivery of '%s' in the webhook outbox: %m",
+                                e->event_id);
+        else
+                o->pending_d++;
+        free(e);
+        o->done++;
+        start_job(o);
+}
+
+void outbox_stats(const Outbox *o, OutboxStats *ret)
+{
+        *ret = (OutboxStats){
+            .pending = o->n_window + o->disk_only,
+            .window = o->n_window,
+            .window_bytes = o->window_bytes,
+            .disk_only = o->disk_only,
+            .file_bytes = o->file_size,
+            .pending_bytes = o->pending.len,
+            .appended = o->appended,
+            .done = o->done,
+            .refills = o->refills,
+            .compactions = o->compactions,
+            .write_errors = o->write_errors,
+            .oldest_created_us = o->head ? o->head->created_us : 0,
+            .degraded = o->degraded,
+        };
+}
+
+static void outbox_free(Outbox *o)
+{
+        free_entries(o->head);
+        free_entries(o->job.first);
+        buf_free(&o->pending);
+        buf_free(&o->job.buf);
+        free(o->folder);
+        free(o->file_name);
+        free(o->tmp_name);
+        free(o);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+        Outbox *o = h->data;
+        void (*closed)(void *);
+        void *userdata;
+
+        if (--o->n_handles > 0)
+                return;
+        closed = o->closed;
+        userdata = o->closed_userdata;
+        outbox_free(o);
+        if (closed)
+                closed(userdata);
+}
+
+static void close_finish(Outbox *o)
+{
+        if (o->fd >= 0)
+                close(o->fd);
+        if (o->dir_fd >= 0)
+                close(o->dir_fd);
+        o->fd = o->dir_fd = -1;
+        o->n_handles = 2;
+        uv_close((uv_handle_t *)&o->sync_timer, on_handle_closed);
+        uv_close((uv_handle_t *)&o->retry_timer, on_handle_closed);
+}
+
+void outbox_close(Outbox *o, void (*closed)(void *userdata), void *userdata)
+{
+        assert(o && !o->closing);
+        o->closing = true;
+        o->closed = closed;
+        o->closed_userdata = userdata;
+        uv_timer_stop(&o->sync_timer);
+        uv_timer_stop(&o->retry_timer);
+        o->blocked = false;
+        if (o->fd < 0) {
+                o->final_started = true;
+                close_finish(o);
+                return;
+        }
+        start_job(o);
+}
+
+/* ---- Loading, blocking ---- */
+
+static int cmp_u64(const void *a, const void *b)
+{
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+typedef struct Loader {
+        Outbox *o;
+        OutboxLoadReport *rep;
+        uint64_t *done;
+        size_t n_done, done_cap;
+        uint64_t valid_end; /* end of the last good line */
+        uint64_t max_seq;
+        bool rewrite;
+        /* Pass 2 */
+        int in_fd;
+        uint64_t out_size, first_disk_only; /* in the file being kept or written */
+        uint64_t kept;
+} Loader;
+
+static bool is_done(const Loader *l, uint64_t seq)
+{
+        return l->n_done > 0 && bsearch(&seq, l->done, l->n_done, sizeof(uint64_t), cmp_u64);
+}
+
+/* Pass 1: checks every line, collects the done set. Returns 0, -EBADMSG
+ * with a reason for a corrupt file, or another -errno. */
+static int load_scan(Loader *l, int fd, uint64_t size)
+{
+        LineReader rd;
+        const char *line;
+        size_t len;
+        uint64_t off, last_off = 0;
+        Record rec;
+        bool first = true, pending_bad = false;
+        int r, bad_r = 0;
+
+        reader_init(&rd, fd, 0, size);
+        while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
+                if (pending_bad) {
+                        /* A bad line that is not the last: not a torn write. */
+                        snprintf(l->rep->corrupt_reason, sizeof(l->rep->corrupt_reason),
+                                 "%s in the record at byte %" PRIu64,
+                                 bad_r == -EBADMSG ? "bad checksum or framing"
+                                                   : "a record that does not parse",
+                                 last_off);
+                        r = -EBADMSG;
+                        break;
+                }
+                r = parse_line(line, len, &rec);
+                if (r == -EPROTONOSUPPORT) {
+                        snprintf(l->rep->corrupt_reason, sizeof(l->rep->corrupt_reason),
+                                 "an unsupported format version");
+                        r = -EBADMSG;
+                        break;
+                }
+                if (r == 0 && first != (rec.type == RECORD_HEADER))
+                        r = -EINVAL;
+                if (r < 0) {
+                        pending_bad = true;
+                        bad_r = r;
+                        last_off = off;
+                        continue;
+                }
+                first = false;
+                l->valid_end = off + len + 1;
+                if (rec.seq > l->max_seq)
+                        l->max_seq = rec.seq;
+                if (rec.type == RECORD_DONE) {
+                        if (l->n_done == l->done_cap) {
+                                size_t cap = l->done_cap ? l->done_cap * 2 : 1024;
+                                uint64_t *p = realloc(l->done, cap * sizeof(uint64_t));
+                                if (!p) {
+                                        r = -ENOMEM;
+                                        break;
+                                }
+                                l->done = p;
+                                l->done_cap = cap;
+                        }
+                        l->done[l->n_done++] = rec.seq;
+                }
+        }
+        reader_done(&rd);
+        if (r < 0)
+                return r;
+        l->rep->torn_bytes = size - l->valid_end;
+        if (first && size > 0) {
+                /* No header line at all: only a header torn while the file
+                 * was created is harmless; anything else is not ours. */
+                Buf head = {};
+                char got[64];
+                ssize_t k = -1;
+
+                if (put_header(&head) == 0 && size < head.len)
+                        k = pread(fd, got, (size_t)size, 0);
+                if (k != (ssize_t)size || memcmp(got, head.data, (size_t)size) != 0) {
+                        buf_free(&head);
+                        snprintf(l->rep->corrupt_reason, sizeof(l->rep->corrupt_reason), "no header");
+                        return -EBADMSG;
+                }
+                buf_free(&head);
+        }
+        l->rep->done_records = l->n_done;
+        if (l->n_done > 0)
+                qsort(l->done, l->n_done, sizeof(uint64_t), cmp_u64);
+        return 0;
+}
+
+/* Pass 2: takes the pending events into the window and, when rewriting,
+ * writes them to `out_fd` (which has the header already). */
+static int load_take(Loader *l, int out_fd)
+{
+        Outbox *o = l->o;
+        LineReader rd;
+        const char *line;
+        size_t len;
+        uint64_t off;
+        Record rec;
+        int r;
+
+        reader_init(&rd, l->in_fd, 0, l->valid_end);
+        while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
+                uint64_t at;
+
+                if (parse_line(line, len, &rec) < 0 || rec.type != RECORD_EVENT || is_done(l, rec.seq))
+                        continue;
+                at = out_fd >= 0 ? l->out_size : off;
+                if (out_fd >= 0) {
+                        r = write_all(out_fd, line, len + 1);
+                        if (r < 0)
+                                break;
+                        l->out_size += len + 1;
+                }
+                l->rep->pending++;
+                if (o->disk_only == 0 && !window_full(o)) {
+                        OutboxEntry *e =
+                            entry_new(rec.seq, rec.created_us, rec.session_id, rec.session_id_len,
+                                      rec.event_id, rec.event_id_len, rec.body, rec.body_len);
+                        if (!e) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        window_push(o, e);
+                } else {
+                        if (o->disk_only == 0)
+                                l->first_disk_only = at;
+                        o->disk_only++;
+                }
+                l->kept++;
+        }
+        reader_done(&rd);
+        return r;
+}
+
+static int load_fill(void *userdata, int fd)
+{
+        Loader *l = userdata;
+        Buf head = {};
+        int r;
+
+        if ((r = put_header(&head)) < 0 || (r = write_all(fd, head.data, head.len)) < 0) {
+                buf_free(&head);
+                return r;
+        }
+        l->out_size = head.len;
+        buf_free(&head);
+        return load_take(l, fd);
+}
+
+static void reset_window(Outbox *o)
+{
+        free_entries(o->head);
+        o->head = o->tail = NULL;
+        o->n_window = o->window_bytes = 0;
+        o->disk_only = 0;
+        o->mem_hi_seq = 0;
+}
+
+/* Renames the unreadable file aside, never replacing anything. */
+static int move_aside(Outbox *o, OutboxLoadReport *rep)
+{
+        char stamp[32], name[512];
+        struct tm tm;
+        time_t now = time(NULL);
+
+        if (!gmtime_r(&now, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
+                return -EINVAL;
+        for (unsigned n = 0; n < 1000; n++) {
+                if (n == 0)
+                        snprintf(name, sizeof(name), "%s.corrupt-%s", o->file_name, stamp);
+                else
+                        snprintf(name, sizeof(name), "%s.corrupt-%s-%u", o->file_name, stamp, n);
+                if (linkat(o->dir_fd, o->file_name, o->dir_fd, name, 0) < 0) {
+                        if (errno == EEXIST)
+                                continue;
+                        return -errno;
+                }
+                if (unlinkat(o->dir_fd, o->file_name, 0) < 0)
+                        return -errno;
+                snprintf(rep->corrupt_path, sizeof(rep->corrupt_path), "%.255s/%.255s", o->folder, name);
+                return 0;
+        }
+        return -EEXIST;
+}
+
+static int write_fresh(void *userdata, int fd)
+{
+        Loader *l = userdata;
+        Buf head = {};
+        int r = put_header(&head);
+
+        if (r >= 0)
+                r = write_all(fd, head.data, head.len);
+        l->out_size = head.len;
+        buf_free(&head);
+        return r;
+}
+
+static int load(Outbox *o, OutboxLoadReport *rep)
+{
+        Loader l = {.o = o, .rep = rep, .in_fd = -1};
+        struct stat st;
+        int fd, r;
+
+        fd = openat(o->dir_fd, o->file_name, O_RDWR | O_APPEND | O_CLOEXEC);
+        if (fd < 0 && errno != ENOENT)
+                return -errno;
+        if (fd >= 0 && fstat(fd, &st) < 0) {
+                r = -errno;
+                close(fd);
+                return r;
+        }
+        if (fd >= 0 && st.st_size > 0) {
+                r = load_scan(&l, fd, (uint64_t)st.st_size);
+                if (r == -EBADMSG) {
+                        rep->corrupt = true;
+                        close(fd);
+                        fd = -1;
+                        r = move_aside(o, rep);
+                        if (r < 0)
+                                return r;
+                        l.n_done = 0;
+                        l.max_seq = 0;
+                } else if (r < 0) {
+                        close(fd);
+                        free(l.done);
+                        return r;
+                }
+        }
+        if (fd >= 0 && l.valid_end == 0) {
+                /* Empty, or only a torn header. */
+                close(fd);
+                fd = -1;
+        }
+
+        if (fd < 0) {
+                r = replace_file(o->dir_fd, o->file_name, o->tmp_name, write_fresh, &l, &o->fd);
+                if (r < 0)
+                        goto out;
+                o->file_size = l.out_size;
+                o->read_offset = o->file_size;
+                o->next_seq = l.max_seq + 1;
+                goto out;
+        }
+
+        l.in_fd = fd;
+        l.rewrite = l.n_done > 0 || rep->torn_bytes > 0;
+        if (l.rewrite) {
+                r = replace_file(o->dir_fd, o->file_name, o->tmp_name, load_fill, &l, &o->fd);
+                close(fd);
+                if (r < 0) {
+                        reset_window(o);
+                        goto out;
+                }
+                rep->rewritten = true;
+                o->file_size = l.out_size;
+        } else {
+                l.out_size = l.valid_end;
+                r = load_take(&l, -1);
+                if (r < 0) {
+                        close(fd);
+                        reset_window(o);
+                        goto out;
+                }
+                o->fd = fd;
+                o->file_size = l.valid_end;
+        }
+        o->file_e = l.kept;
+        o->file_d = 0;
+        o->read_offset = o->disk_only > 0 ? l.first_disk_only : o->file_size;
+        o->next_seq = l.max_seq + 1;
+        r = 0;
+out:
+        o->written_seq = o->next_seq - 1;
+        free(l.done);
+        return r;
+}
+
+static bool name_valid(const char *name)
+{
+        size_t n = name ? strlen(name) : 0;
+
+        if (n == 0 || n > 64)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = name[i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '_' || c == '-' || c == '.'))
+                        return false;
+        }
+        return true;
+}
+
+int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *userdata), void *userdata,
+                Outbox **ret, OutboxLoadReport *ret_report)
+{
+        OutboxLoadReport dummy;
+        OutboxLoadReport *rep = ret_report ? ret_report : &dummy;
+        Outbox *o;
+        int r;
+
+        *rep = (OutboxLoadReport){};
+        if (!opt || !opt->folder || !name_valid(opt->name))
+                return -EINVAL;
+        o = calloc(1, sizeof(*o));
+        if (!o)
+                return -ENOMEM;
+        o->loop = loop;
+        o->fd = o->dir_fd = -1;
+        o->ready = ready;
+        o->userdata = userdata;
+        o->window_max = opt->window_entries ? opt->window_entries : DEFAULT_WINDOW_ENTRIES;
+        o->window_bytes_max = opt->window_bytes ? opt->window_bytes : DEFAULT_WINDOW_BYTES;
+        o->pending_max = opt->pending_max ? opt->pending_max : DEFAULT_PENDING_MAX;
+        o->sync_interval_ms = opt->sync_interval_ms ? opt->sync_interval_ms : DEFAULT_SYNC_INTERVAL_MS;
+        o->compact_min_bytes = opt->compact_min_bytes ? opt->compact_min_bytes : DEFAULT_COMPACT_MIN_BYTES;
+        o->retry_min_ms = opt->retry_min_ms ? opt->retry_min_ms : DEFAULT_RETRY_MIN_MS;
+        o->retry_max_ms = opt->retry_max_ms ? opt->retry_max_ms : DEFAULT_RETRY_MAX_MS;
+        o->error_rl = (LogRateLimit)LOG_RATELIMIT_INIT(10000, 3);
+        o->next_seq = 1;
+        o->folder = strdup(opt->folder);
+        if (!o->folder || asprintf(&o->file_name, "outbox-%s", opt->name) < 0 ||
+            asprintf(&o->tmp_name, "outbox-%s.tmp", opt->name) < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = open_folder(o->folder, &o->dir_fd);
+        if (r < 0)
+                goto fail;
+        r = load(o, rep);
+        if (r < 0)
+                goto fail;
+
+        uv_timer_init(loop, &o->sync_timer);
+        uv_timer_init(loop, &o->retry_timer);
+        o->sync_timer.data = o->retry_timer.data = o;
+        o->job.req.data = &o->job;
+        *ret = o;
+        return 0;
+fail:
+        if (o->fd >= 0)
+                close(o->fd);
+        if (o->dir_fd >= 0)
+                close(o->dir_fd);
+        outbox_free(o);
+        return r;
+}

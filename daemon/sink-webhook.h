@@ -1,0 +1,57 @@
+/* The webhook sink: one per [webhook "NAME"] section. Each event enters the
+ * webhook's durable outbox (outbox.h) while emit() runs and is delivered,
+ * signed, by the webhook's own HttpMux, so a dead, slow or disabled webhook
+ * never takes connections or time from polling or from another sink. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "sink.h"
+
+typedef enum WebhookFailure {
+        WEBHOOK_FAILURE_HTTP_4XX,     /* dropped: a 4xx other than 410 and 429 */
+        WEBHOOK_FAILURE_HTTP_5XX,     /* retried (503 honours Retry-After) */
+        WEBHOOK_FAILURE_RATE_LIMITED, /* 429: retried after Retry-After */
+        WEBHOOK_FAILURE_TIMEOUT,      /* retried */
+        WEBHOOK_FAILURE_NETWORK,      /* connect, reset, TLS...: retried */
+        WEBHOOK_FAILURE_REDIRECT,     /* 3xx, never followed: retried */
+        WEBHOOK_FAILURE_GONE,         /* 410: the webhook is disabled */
+        WEBHOOK_FAILURE_EXPIRED,      /* older than max-age: dropped */
+        _WEBHOOK_FAILURE_MAX,
+} WebhookFailure;
+
+typedef struct WebhookStats {
+        uint64_t attempts;  /* requests started */
+        uint64_t successes; /* 2xx answers */
+        uint64_t failures[_WEBHOOK_FAILURE_MAX];
+        uint64_t drops;        /* events given up on (4xx, expired, outbox refused them) */
+        uint64_t queue_depth;  /* events not delivered yet, in memory or only on disk */
+        uint64_t in_flight;    /* attempts now */
+        int64_t oldest_age_ms; /* age of the oldest undelivered event; 0: none */
+        bool disabled;         /* a 410 disabled it until restart or reload */
+        bool outbox_degraded;  /* writing the outbox is failing */
+} WebhookStats;
+
+const char *webhook_failure_to_string(WebhookFailure f);
+
+typedef struct SinkWebhookOptions {
+        const ConfigWebhook *config; /* copied what is needed; may go after the call */
+        const char *state_folder;    /* where the outbox file lives */
+        const char *app_url;         /* for links in the Slack format; may be NULL */
+        const char *ca_file;         /* extra CA bundle; may be NULL */
+} SinkWebhookOptions;
+
+/* Creates the sink and loads its outbox (blocking, a short while), which
+ * starts delivering what a previous run left. Returns 0, -EINVAL for a
+ * secret that does not decode, or the -errno of the outbox or HTTP setup.
+ * The sink is closed with sink_close() and needs the loop to run until its
+ * handles are closed; what is undelivered then stays in the outbox for the
+ * next start. */
+int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *options, Sink **ret);
+
+/* The name of the [webhook "NAME"] section. */
+const char *sink_webhook_name(const Sink *s);
+
+void sink_webhook_stats(const Sink *s, WebhookStats *ret);

@@ -1,0 +1,226 @@
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "webhook.h"
+
+/* Appends n bytes to b, keeping the NUL after the data that EventBuffer
+ * promises. */
+static int append(EventBuffer *b, const char *s, size_t n)
+{
+        if (b->len + n + 1 > b->allocated) {
+                size_t want = b->allocated ? b->allocated : 256;
+                char *p;
+
+                while (want < b->len + n + 1)
+                        want *= 2;
+                p = realloc(b->data, want);
+                if (!p)
+                        return -ENOMEM;
+                b->data = p;
+                b->allocated = want;
+        }
+        memcpy(b->data + b->len, s, n);
+        b->len += n;
+        b->data[b->len] = '\0';
+        return 0;
+}
+
+static int append_str(EventBuffer *b, const char *s)
+{
+        return append(b, s, strlen(s));
+}
+
+int webhook_key_from_secret(const char *secret, WebhookKey *ret)
+{
+        const char *b64;
+        size_t n, pad = 0;
+        /* EVP_DecodeBlock() writes 3 bytes per 4 characters, padding
+         * included: room for the longest key plus that slack. */
+        unsigned char out[WEBHOOK_KEY_MAX + 4];
+        int k;
+
+        if (!secret || strncmp(secret, WEBHOOK_SECRET_PREFIX, strlen(WEBHOOK_SECRET_PREFIX)) != 0)
+                return -EINVAL;
+        b64 = secret + strlen(WEBHOOK_SECRET_PREFIX);
+        n = strlen(b64);
+        /* EVP_DecodeBlock() takes no line breaks and wants whole quanta; it
+         * would also skip leading blanks, which a secret must not have. */
+        if (n == 0 || n % 4 != 0 || n / 4 * 3 > sizeof(out) - 1)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++) {
+                char c = b64[i];
+                bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                          c == '+' || c == '/' || (c == '=' && i >= n - 2);
+                if (!ok)
+                        return -EINVAL;
+        }
+        if (b64[n - 1] == '=')
+                pad++;
+        if (b64[n - 2] == '=')
+                pad++;
+        if (pad == 1 && b64[n - 2] == '=')
+                return -EINVAL;
+        k = EVP_DecodeBlock(out, (const unsigned char *)b64, (int)n);
+        if (k < 0 || (size_t)k < pad) {
+                OPENSSL_cleanse(out, sizeof(out));
+                return -EINVAL;
+        }
+        /* The block decoder counts padding as zero bytes. */
+        k -= (int)pad;
+        if (k <= 0 || (size_t)k > WEBHOOK_KEY_MAX) {
+                OPENSSL_cleanse(out, sizeof(out));
+                return -EINVAL;
+        }
+        memcpy(ret->data, out, (size_t)k);
+        ret->len = (size_t)k;
+        OPENSSL_cleanse(out, sizeof(out));
+        return 0;
+}
+
+int webhook_append_signatures(const WebhookKey *keys, size_t n_keys, const char *msg_id, int64_t timestamp,
+                              const char *body, size_t body_len, EventBuffer *b)
+{
+        char ts[24];
+        int r;
+
+        snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
+        for (size_t k = 0; k < n_keys; k++) {
+                unsigned char md[EVP_MAX_MD_SIZE];
+                char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
+                EVP_MAC *mac;
+                EVP_MAC_CTX *ctx;
+                OSSL_PARAM params[2];
+                size_t out_len = 0;
+                bool ok;
+
+                /* The signed content is id "." timestamp "." body, fed in
+                 * pieces so the body is not copied. */
+                mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+                if (!mac)
+                        return -EIO;
+                ctx = EVP_MAC_CTX_new(mac);
+                EVP_MAC_free(mac);
+                if (!ctx)
+                        return -ENOMEM;
+                params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0);
+                params[1] = OSSL_PARAM_construct_end();
+                ok = EVP_MAC_init(ctx, keys[k].data, keys[k].len, params) &&
+                     EVP_MAC_update(ctx, (const unsigned char *)msg_id, strlen(msg_id)) &&
+                     EVP_MAC_update(ctx, (const unsigned char *)".", 1) &&
+                     EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) &&
+                     EVP_MAC_update(ctx, (const unsigned char *)".", 1) &&
+                     EVP_MAC_update(ctx, (const unsigned char *)body, body_len) &&
+                     EVP_MAC_final(ctx, md, &out_len, sizeof(md));
+                EVP_MAC_CTX_free(ctx);
+                if (!ok)
+                        return -EIO;
+                EVP_EncodeBlock((unsigned char *)b64, md, (int)out_len);
+                if ((k > 0 && (r = append(b, " ", 1)) < 0) || (r = append(b, "v1,", 3)) < 0 ||
+                    (r = append_str(b, b64)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int header_add(struct curl_slist **l, const char *name, const char *value)
+{
+        struct curl_slist *n;
+        char *line;
+
+        if (asprintf(&line, "%s: %s", name, value) < 0)
+                return -ENOMEM;
+        n = curl_slist_append(*l, line);
+        free(line);
+        if (!n)
+                return -ENOMEM;
+        *l = n;
+        return 0;
+}
+
+int webhook_headers_new(const WebhookKey *keys, size_t n_keys, const char *content_type, const char *msg_id,
+                        int64_t timestamp, const char *body, size_t body_len, struct curl_slist **ret)
+{
+        struct curl_slist *l = NULL;
+        EventBuffer sig = EVENT_BUFFER_NULL;
+        char ts[24];
+        int r;
+
+        snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
+        if ((r = header_add(&l, "Content-Type", content_type)) < 0 ||
+            (r = header_add(&l, "webhook-id", msg_id)) < 0 ||
+            (r = header_add(&l, "webhook-timestamp", ts)) < 0)
+                goto fail;
+        if (n_keys > 0) {
+                r = webhook_append_signatures(keys, n_keys, msg_id, timestamp, body, body_len, &sig);
+                if (r < 0)
+                        goto fail;
+                r = header_add(&l, "webhook-signature", sig.data);
+                if (r < 0)
+                        goto fail;
+        }
+        /* A large body must not wait for a "100 Continue" first. */
+        {
+                /* "Name:" with nothing after the colon is how libcurl is
+                 * told not to send a header it would add itself. */
+                struct curl_slist *n = curl_slist_append(l, "Expect:");
+                if (!n) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                l = n;
+        }
+        event_buffer_done(&sig);
+        *ret = l;
+        return 0;
+fail:
+        event_buffer_done(&sig);
+        curl_slist_free_all(l);
+        return r;
+}
+
+int webhook_append_slack(const Event *e, const char *app_url, EventBuffer *b)
+{
+        EventBuffer text = EVENT_BUFFER_NULL;
+        int r;
+
+        r = event_append_message(e, &text);
+        if (r >= 0 && app_url && *app_url) {
+                if ((r = append(&text, " <", 2)) >= 0 && (r = append_str(&text, app_url)) >= 0 &&
+                    (r = append_str(&text, "/sessions/")) >= 0 &&
+                    (r = append_str(&text, e->session_id)) >= 0)
+                        r = append(&text, ">", 1);
+        }
+        if (r >= 0 && (r = append_str(b, "{\"text\":")) >= 0 &&
+            (r = event_buffer_append_json_string(b, text.data ? text.data : "", text.len)) >= 0)
+                r = append(b, "}", 1);
+        event_buffer_done(&text);
+        return r;
+}
+
+uint64_t webhook_retry_delay(uint64_t retry_min_ms, uint64_t retry_max_ms, unsigned failures,
+                             uint64_t random)
+{
+        uint64_t d = retry_min_ms ? retry_min_ms : 1;
+
+        for (unsigned k = 1; k < failures && d < retry_max_ms; k++)
+                d = d > UINT64_MAX / 2 ? UINT64_MAX : d * 2;
+        if (d > retry_max_ms)
+                d = retry_max_ms;
+        /* Full jitter in the upper half spreads retries of many events that
+         * failed together without ever waiting less than half the step. */
+        d = d / 2 + (d / 2 + 1 > 0 ? random % (d / 2 + 1) : 0);
+        if (d < retry_min_ms)
+                d = retry_min_ms;
+        return d;
+}
+
+void webhook_headers_free(struct curl_slist *l)
+{
+        curl_slist_free_all(l);
+}

@@ -1,0 +1,58 @@
+/* webhook: the pure parts of webhook delivery (DESIGN §4 "Webhook
+ * delivery"): Standard Webhooks secrets and signatures, the request headers,
+ * the Slack body, and how long to wait before the next attempt.
+ *
+ * No libuv, no I/O, no logging: libcrypto for HMAC-SHA256 and base64,
+ * libcurl only for its header list type. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "event.h"
+
+struct curl_slist;
+
+#define WEBHOOK_SECRET_PREFIX "whsec_"
+/* The longest decoded key accepted; Standard Webhooks keys are 24-64 bytes. */
+#define WEBHOOK_KEY_MAX 256
+
+typedef struct WebhookKey {
+        uint8_t data[WEBHOOK_KEY_MAX];
+        size_t len;
+} WebhookKey;
+
+/* Decodes a secret "whsec_<base64>" into its key bytes. Returns 0, or
+ * -EINVAL when the prefix is missing, the base64 does not decode, or the key
+ * is empty or longer than WEBHOOK_KEY_MAX. The secret is never copied
+ * anywhere but into *ret. */
+int webhook_key_from_secret(const char *secret, WebhookKey *ret);
+
+/* Appends "v1,<base64 HMAC-SHA256(key, id "." timestamp "." body)>" for
+ * every key, separated by single spaces, to b. Returns 0, -ENOMEM, or -EIO
+ * when libcrypto fails. */
+int webhook_append_signatures(const WebhookKey *keys, size_t n_keys, const char *msg_id, int64_t timestamp,
+                              const char *body, size_t body_len, EventBuffer *b);
+
+/* Builds the header list of one delivery: Content-Type, webhook-id,
+ * webhook-timestamp and webhook-signature (from the keys; left out when
+ * there are none). Returns 0 and a list for curl_slist_free_all(), or
+ * -ENOMEM / -EIO. */
+int webhook_headers_new(const WebhookKey *keys, size_t n_keys, const char *content_type, const char *msg_id,
+                        int64_t timestamp, const char *body, size_t body_len, struct curl_slist **ret);
+
+/* Appends the Slack body {"text":"<message>"} for an event: the journal
+ * message (session name, id and transition) and, when app_url is set, a
+ * link "<app_url>/sessions/<id>". Returns 0 or -ENOMEM. */
+int webhook_append_slack(const Event *e, const char *app_url, EventBuffer *b);
+
+/* The wait before attempt `failures` + 1 after `failures` (≥ 1) failed
+ * attempts: retry_min_ms doubled per further failure, capped at
+ * retry_max_ms, then scaled by a jitter factor in [0.5, 1.0] taken from
+ * `random` (any 64-bit value) but never below retry_min_ms. */
+uint64_t webhook_retry_delay(uint64_t retry_min_ms, uint64_t retry_max_ms, unsigned failures,
+                             uint64_t random);
+
+/* Frees a list from webhook_headers_new(); NULL is fine. */
+void webhook_headers_free(struct curl_slist *l);

@@ -1051,6 +1051,16 @@ OutboxEntry *outbox_next(Outbox *o, OutboxEntry *e)
         return e->next;
 }
 
+uint64_t outbox_last_appended(const Outbox *o)
+{
+        return o->next_seq - 1;
+}
+
+uint64_t outbox_last_written(const Outbox *o)
+{
+        return o->written_seq;
+}
+
 bool outbox_entry_ready(const Outbox *o, const OutboxEntry *e)
 {
         return e->seq <= o->written_seq;

@@ -120,6 +120,12 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *options, void (*ready)(voi
 int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64_t created_us,
                   const char *body, size_t body_len);
 
+/* The sequence number of the last event appended (0: none yet), and that of
+ * the last one whose record is written: every event up to it survives the
+ * daemon being killed. */
+uint64_t outbox_last_appended(const Outbox *o);
+uint64_t outbox_last_written(const Outbox *o);
+
 /* The window, oldest first. */
 OutboxEntry *outbox_first(Outbox *o);
 OutboxEntry *outbox_next(Outbox *o, OutboxEntry *e);

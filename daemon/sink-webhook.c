@@ -67,6 +67,9 @@ struct WebhookSink {
 
         WebhookStats stats;
         LogRateLimit fail_rl, drop_rl;
+
+        void (*written_cb)(void *userdata);
+        void *written_userdata;
 };
 
 static const char *const failure_names[_WEBHOOK_FAILURE_MAX] = {
@@ -324,7 +327,37 @@ static void on_attempt_done(void *userdata, const HttpResponse *resp)
 /* The outbox wrote or read back events: they may go now. */
 static void on_outbox_ready(void *userdata)
 {
-        dispatch(userdata);
+        WebhookSink *w = userdata;
+
+        dispatch(w);
+        if (w->written_cb)
+                w->written_cb(w->written_userdata);
+}
+
+uint64_t sink_webhook_mark(const Sink *s)
+{
+        const WebhookSink *w = (const WebhookSink *)s;
+
+        return w->closing ? 0 : outbox_last_appended(w->outbox);
+}
+
+bool sink_webhook_written_through(const Sink *s, uint64_t mark)
+{
+        const WebhookSink *w = (const WebhookSink *)s;
+        OutboxStats st;
+
+        if (w->closing)
+                return true;
+        outbox_stats(w->outbox, &st);
+        return st.degraded || outbox_last_written(w->outbox) >= mark;
+}
+
+void sink_webhook_on_written(Sink *s, void (*cb)(void *userdata), void *userdata)
+{
+        WebhookSink *w = (WebhookSink *)s;
+
+        w->written_cb = cb;
+        w->written_userdata = userdata;
 }
 
 static void webhook_emit(Sink *s, const Event *e)

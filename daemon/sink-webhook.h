@@ -55,3 +55,15 @@ int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *options, Sink **
 const char *sink_webhook_name(const Sink *s);
 
 void sink_webhook_stats(const Sink *s, WebhookStats *ret);
+
+/* Ordering with the state file. The daemon records a transition in its state
+ * only once every webhook's outbox holds the event on disk, so that a kill in
+ * between repeats the event rather than losing it for a webhook.
+ * sink_webhook_mark() is the position of the last event taken;
+ * sink_webhook_written_through() tells whether everything up to `mark` is
+ * written (also true when it never will be: the outbox is failing and
+ * dropping, or the sink is closing), and `cb` runs on the loop whenever
+ * more got written. */
+uint64_t sink_webhook_mark(const Sink *s);
+bool sink_webhook_written_through(const Sink *s, uint64_t mark);
+void sink_webhook_on_written(Sink *s, void (*cb)(void *userdata), void *userdata);

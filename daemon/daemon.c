@@ -42,6 +42,18 @@
 
 typedef struct Daemon Daemon;
 
+typedef struct PersistQueue {
+        SessionIndex *v;
+        size_t n, cap;
+} PersistQueue;
+
+/* How far one webhook's outbox must be written before the held state
+ * writes may go. */
+typedef struct PersistMark {
+        Sink *sink;
+        uint64_t mark;
+} PersistMark;
+
 /* One outstanding poll: what the completion needs to find its session. */
 typedef struct PollSlot {
         Daemon *daemon;
@@ -75,6 +87,12 @@ struct Daemon {
         size_t n_sinks;
 
         State *state;         /* NULL: no state folder configured */
+        /* State writes held back until the webhook outboxes hold the events
+         * that went before them (see persist()). */
+        PersistQueue persist_wait, persist_next;
+        PersistMark *persist_marks;
+        size_t n_persist_marks;
+        bool persist_armed;
         size_t state_dropped; /* loaded sessions no longer watched */
 
         PollSlot *slots;
@@ -179,10 +197,8 @@ static void schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms)
                 log_error_errno(r, "Failed to schedule session '%s': %m", sessions_id(d->table, i));
 }
 
-/* Makes a session's durable fields durable (asynchronously): after its
- * events went out, so a crash in between repeats an event (with the same
- * id) rather than losing it. */
-static void persist(Daemon *d, SessionIndex i)
+/* Writes a session's durable fields to the state file (asynchronously). */
+static void persist_now(Daemon *d, SessionIndex i)
 {
         const Session *rec = sessions_get(d->table, i);
         StateSession ss = {
@@ -195,7 +211,7 @@ static void persist(Daemon *d, SessionIndex i)
         };
         int r;
 
-        if (!d->state)
+        if (!d->state || (rec->flags & SESSION_REMOVED))
                 return;
         if (rec->flags & SESSION_SEEN) {
                 ss.status = sessions_status_raw(d->table, i);
@@ -204,6 +220,120 @@ static void persist(Daemon *d, SessionIndex i)
         r = state_put_session(d->state, &ss);
         if (r < 0)
                 log_error_errno(r, "Failed to record the state of session '%s': %m", ss.id);
+}
+
+static int persist_queue_push(PersistQueue *q, SessionIndex i)
+{
+        if (q->n == q->cap) {
+                size_t cap = q->cap ? q->cap * 2 : 64;
+                SessionIndex *v = realloc(q->v, cap * sizeof(*v));
+
+                if (!v)
+                        return -ENOMEM;
+                q->v = v;
+                q->cap = cap;
+        }
+        q->v[q->n++] = i;
+        return 0;
+}
+
+static int cmp_index(const void *a, const void *b)
+{
+        SessionIndex x = *(const SessionIndex *)a, y = *(const SessionIndex *)b;
+        return x < y ? -1 : x > y;
+}
+
+/* Whether some webhook's outbox has events taken but not yet written. */
+static bool outboxes_behind(Daemon *d)
+{
+        for (size_t k = 0; k < d->n_sinks; k++)
+                if (sink_is_webhook(d->sinks[k]) &&
+                    !sink_webhook_written_through(d->sinks[k], sink_webhook_mark(d->sinks[k])))
+                        return true;
+        return false;
+}
+
+/* Starts waiting for every outbox to be written up to where it is now; the
+ * sessions queued so far are held until then. */
+static void persist_arm(Daemon *d)
+{
+        PersistQueue t = d->persist_wait;
+
+        d->persist_wait = d->persist_next;
+        d->persist_next = (PersistQueue){.v = t.v, .cap = t.cap};
+        d->n_persist_marks = 0;
+        for (size_t k = 0; k < d->n_sinks; k++)
+                if (sink_is_webhook(d->sinks[k]))
+                        d->persist_marks[d->n_persist_marks++] =
+                            (PersistMark){d->sinks[k], sink_webhook_mark(d->sinks[k])};
+        d->persist_armed = true;
+}
+
+/* Writes the held sessions whose events are all in the outboxes now. A
+ * session held again since (it changed once more) is left to that later
+ * write: its current fields may belong to an event not yet written. With
+ * `all`, everything held is written (at a stop, or when a webhook goes). */
+static void persist_release(Daemon *d, bool all)
+{
+        for (;;) {
+                if (!d->persist_armed)
+                        return;
+                if (!all)
+                        for (size_t k = 0; k < d->n_persist_marks; k++)
+                                if (!sink_webhook_written_through(d->persist_marks[k].sink,
+                                                                  d->persist_marks[k].mark))
+                                        return;
+                if (all) {
+                        for (size_t k = 0; k < d->persist_wait.n; k++)
+                                persist_now(d, d->persist_wait.v[k]);
+                        for (size_t k = 0; k < d->persist_next.n; k++)
+                                persist_now(d, d->persist_next.v[k]);
+                        d->persist_wait.n = d->persist_next.n = 0;
+                        d->persist_armed = false;
+                        return;
+                }
+                qsort(d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index);
+                for (size_t k = 0; k < d->persist_wait.n; k++) {
+                        SessionIndex i = d->persist_wait.v[k];
+
+                        if (!bsearch(&i, d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index))
+                                persist_now(d, i);
+                }
+                d->persist_wait.n = 0;
+                d->persist_armed = false;
+                if (d->persist_next.n > 0)
+                        persist_arm(d);
+        }
+}
+
+/* A webhook outbox wrote more records, on the loop thread. */
+static void on_outbox_written(void *userdata)
+{
+        persist_release(userdata, false);
+}
+
+/* Makes a session's durable fields durable, after its events went out, so a
+ * crash in between repeats an event (with the same id) rather than losing
+ * it. The journal and stdout have the event when emit() returns; a webhook
+ * has it once its outbox record is written (a threadpool job), so while an
+ * outbox is behind, the state write waits for it. */
+static void persist(Daemon *d, SessionIndex i)
+{
+        if (!d->state)
+                return;
+        if (!d->persist_armed && !outboxes_behind(d)) {
+                persist_now(d, i);
+                return;
+        }
+        /* While nothing is held, `next` is empty; arming moves it to `wait`. */
+        if (persist_queue_push(&d->persist_next, i) < 0) {
+                /* Out of memory: better an event repeated for a webhook
+                 * after a crash than a state not written at all. */
+                persist_now(d, i);
+                return;
+        }
+        if (!d->persist_armed)
+                persist_arm(d);
 }
 
 /* The session answered 200: decide whether it changed, emit, plan the next
@@ -523,7 +653,9 @@ static void finish(Daemon *d)
                 return;
         d->finishing = true;
         /* No event can come after this point (what is still in flight is
-         * cancelled): let the sinks close what they hold on the loop. */
+         * cancelled): let the sinks close what they hold on the loop.
+         * The held state writes go first, while the sinks still exist. */
+        persist_release(d, true);
         for (size_t i = 0; i < d->n_sinks; i++) {
                 sink_close(d->sinks[i]);
                 d->sinks[i] = NULL;
@@ -658,8 +790,12 @@ static int setup_webhooks(Daemon *d)
                 r = sink_webhook_new(&d->loop, &wo, &s);
                 if (r < 0)
                         return r;
+                sink_webhook_on_written(s, on_outbox_written, d);
                 d->sinks[d->n_sinks++] = s;
         }
+        d->persist_marks = calloc(c->n_webhooks + 1, sizeof(PersistMark));
+        if (!d->persist_marks)
+                return -ENOMEM;
         return 0;
 }
 
@@ -1206,6 +1342,9 @@ static void log_discovery_stats(const Daemon *d)
 
 static void daemon_free(Daemon *d)
 {
+        free(d->persist_wait.v);
+        free(d->persist_next.v);
+        free(d->persist_marks);
         for (size_t i = 0; i < d->n_sinks; i++)
                 sink_free(d->sinks[i]);
         free(d->sinks);

@@ -446,6 +446,7 @@ typedef struct Job {
         OutboxEntry *first, *last; /* REFILL */
         size_t n_entries, n_bytes;
         uint64_t hi_seq, new_offset, bad_lines;
+        uint64_t test_delay_ms; /* test hook: APPEND sleeps this long before writing */
         int new_fd; /* COMPACT */
         uint64_t new_size, new_read_offset, tail_records;
 } Job;
@@ -456,6 +457,7 @@ struct Outbox {
         int fd, dir_fd;
         size_t window_max, window_bytes_max, pending_max;
         uint64_t sync_interval_ms, compact_min_bytes, retry_min_ms, retry_max_ms;
+        uint64_t test_delay_ms; /* SW_TEST_OUTBOX_WRITE_DELAY_MS, with SW_TEST_HOOKS=1 */
         void (*ready)(void *userdata);
         void *userdata;
 
@@ -565,6 +567,13 @@ static void free_entries(OutboxEntry *e)
 static void job_append(Job *j)
 {
         int r;
+
+        if (j->test_delay_ms > 0 && j->e_records > 0) {
+                struct timespec ts = {.tv_sec = (time_t)(j->test_delay_ms / 1000),
+                                      .tv_nsec = (long)(j->test_delay_ms % 1000) * 1000000L};
+                while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                        ;
+        }
 
         if (j->buf.len > 0) {
                 r = write_all(j->fd, j->buf.data, j->buf.len);
@@ -876,7 +885,8 @@ static void job_reset(Outbox *o, Job *j, JobKind kind)
                    .dir_fd = o->dir_fd,
                    .name = o->file_name,
                    .tmp_name = o->tmp_name,
-                   .new_fd = -1};
+                   .new_fd = -1,
+                   .test_delay_ms = o->test_delay_ms};
         j->buf = keep;
         j->buf.len = 0;
         j->req.data = j;
@@ -1492,6 +1502,10 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *u
         o->loop = loop;
         o->fd = o->dir_fd = -1;
         o->ready = ready;
+        /* Test hook: slow writes, to show what waits for them. */
+        if (getenv("SW_TEST_HOOKS") && strcmp(getenv("SW_TEST_HOOKS"), "1") == 0 &&
+            getenv("SW_TEST_OUTBOX_WRITE_DELAY_MS"))
+                o->test_delay_ms = strtoull(getenv("SW_TEST_OUTBOX_WRITE_DELAY_MS"), NULL, 10);
         o->userdata = userdata;
         o->window_max = opt->window_entries ? opt->window_entries : DEFAULT_WINDOW_ENTRIES;
         o->window_bytes_max = opt->window_bytes ? opt->window_bytes : DEFAULT_WINDOW_BYTES;

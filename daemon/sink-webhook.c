@@ -334,6 +334,13 @@ static void on_outbox_ready(void *userdata)
                 w->written_cb(w->written_userdata);
 }
 
+static const SinkOps webhook_ops;
+
+bool sink_is_webhook(const Sink *s)
+{
+        return s && s->ops == &webhook_ops;
+}
+
 uint64_t sink_webhook_mark(const Sink *s)
 {
         const WebhookSink *w = (const WebhookSink *)s;

@@ -64,6 +64,7 @@ void sink_webhook_stats(const Sink *s, WebhookStats *ret);
  * written (also true when it never will be: the outbox is failing and
  * dropping, or the sink is closing), and `cb` runs on the loop whenever
  * more got written. */
+bool sink_is_webhook(const Sink *s);
 uint64_t sink_webhook_mark(const Sink *s);
 bool sink_webhook_written_through(const Sink *s, uint64_t mark);
 void sink_webhook_on_written(Sink *s, void (*cb)(void *userdata), void *userdata);

@@ -86,7 +86,7 @@ class WebhookTest(unittest.TestCase):
         section.update(keys)
         return section
 
-    def make_daemon(self, sim, ids, webhooks, name="sessionwatchd", api=None):
+    def make_daemon(self, sim, ids, webhooks, name="sessionwatchd", api=None, env=None):
         config = {
             "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off", "app-url": APP_URL,
                     **(api or {})},
@@ -97,7 +97,7 @@ class WebhookTest(unittest.TestCase):
         }
         for label, section in webhooks.items():
             config[("webhook", label)] = section
-        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name)
+        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name, env=env)
         daemon.register(self)
         self.daemons.append(daemon)
         return daemon
@@ -227,6 +227,36 @@ class WebhookTest(unittest.TestCase):
                           message=lambda: f"still pending: {outbox_pending(outbox)}")
         self.stop(third)
         self.assertIn("undelivered event(s) from before the restart", third.stderr_text())
+
+    def test_kill_before_the_outbox_write_loses_nothing(self):
+        # The state file must not record a transition before every outbox
+        # holds its event: with outbox writes slowed down (a test hook), a
+        # SIGKILL after the event went to stdout and before the outbox write
+        # must make the next run emit the event again, for the webhook.
+        ids = self.sessions("seskill", 1)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        rx = self.receiver(start=False, port=swtest.free_port())
+        hooks = {"main": self.webhook(rx.url)}
+        outbox = os.path.join(self.tmp.state, "outbox-main")
+        first = self.make_daemon(sim, ids, hooks, name="sessionwatchd-1").start()
+        active = first.wait_for_events(count=1, timeout=20)[0]
+        swtest.wait_until(lambda: active["id"] in outbox_pending(outbox), timeout=10)
+        self.stop(first)
+
+        slow = self.make_daemon(sim, ids, hooks, name="sessionwatchd-2",
+                                env={"SW_TEST_HOOKS": "1", "SW_TEST_OUTBOX_WRITE_DELAY_MS": "5000"}).start()
+        failed = self.change(slow, sim, ids[0], "Failed", timeout=20)
+        # Long enough for a state write that did not wait to reach the file.
+        time.sleep(1)
+        self.assertNotIn(failed["id"], outbox_pending(outbox))
+        slow.kill()
+
+        third = self.make_daemon(sim, ids, hooks, name="sessionwatchd-3").start()
+        again = third.wait_for_event(lambda e: e["data"]["status"] == "Failed", timeout=20)
+        self.assertEqual(again["id"], failed["id"])
+        rx.start()
+        self.wait_delivered(rx, [active["id"], failed["id"]], timeout=30)
+        self.stop(third)
 
     def test_dead_webhook_does_not_delay_live_one_or_polling(self):
         ids = self.sessions("sesiso", 4)

@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <json-c/json.h>
+
 #include "api.h"
 #include "config.h"
 #include "daemon.h"
@@ -24,6 +26,10 @@
 #include "sessions.h"
 #include "sink-webhook.h"
 #include "state.h"
+#include "control-proto.h"
+#include "control.h"
+#include "metrics.h"
+#include "sink-socket.h"
 
 /* How long a stop waits for requests in flight before cancelling them. */
 #define STOP_GRACE_MS 2000
@@ -59,6 +65,8 @@ typedef struct PollSlot {
         Daemon *daemon;
         SessionIndex session;
         uint32_t next_free;
+        bool busy;      /* taken by a poll in flight */
+        bool cancelled; /* its session was unwatched meanwhile: the answer is dropped */
 } PollSlot;
 
 /* Event latency, from a response's completion to its event having been
@@ -118,6 +126,11 @@ struct Daemon {
         DiscoveryCounters disc_counters;
         uint64_t last_retire_ms;
         LogRateLimit refuse_rl;
+
+        /* The sockets (daemon-sockets block below). */
+        Sink *stream;           /* also in sinks[]; NULL without [events] path */
+        ControlServer *control; /* NULL without [control] path */
+        uint64_t start_usec;
 };
 
 static void dispatch(Daemon *d);
@@ -181,11 +194,14 @@ static PollSlot *slot_take(Daemon *d)
                 return NULL;
         s = &d->slots[d->free_slot];
         d->free_slot = s->next_free;
+        s->busy = true;
+        s->cancelled = false;
         return s;
 }
 
 static void slot_release(Daemon *d, PollSlot *s)
 {
+        s->busy = false;
         s->next_free = d->free_slot;
         d->free_slot = (uint32_t)(s - d->slots);
 }
@@ -519,9 +535,20 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         PollSlot *slot = userdata;
         Daemon *d = slot->daemon;
         SessionIndex i = slot->session;
-        Session *rec = sessions_get(d->table, i);
+        Session *rec;
         ApiOutcome o = api_classify(resp);
 
+        if (slot->cancelled) {
+                /* Unwatched while in flight: the record may be reused already. */
+                slot_release(d, slot);
+                scheduler_complete(&d->sched);
+                if (!d->stopping)
+                        dispatch(d);
+                else if (d->sched.in_flight == 0)
+                        finish(d);
+                return;
+        }
+        rec = sessions_get(d->table, i);
         slot_release(d, slot);
         scheduler_complete(&d->sched);
         rec->flags &= ~SESSION_IN_FLIGHT;
@@ -660,6 +687,11 @@ static void finish(Daemon *d)
                 sink_close(d->sinks[i]);
                 d->sinks[i] = NULL;
         }
+        if (d->control) {
+                control_close(d->control);
+                d->control = NULL;
+        }
+        d->stream = NULL; /* closed with the sinks */
         close_handle(d, (uv_handle_t *)&d->tick);
         close_handle(d, (uv_handle_t *)&d->stop_timer);
         close_handle(d, (uv_handle_t *)&d->sig_term);
@@ -1032,6 +1064,8 @@ static int schedule_all(Daemon *d)
         return 0;
 }
 
+static int setup_sockets(Daemon *d);
+
 static int setup_http(Daemon *d)
 {
         const Config *c = d->config;
@@ -1368,6 +1402,8 @@ int daemon_run(const DaemonOptions *o)
         ConfigEnv env;
         int r, ret = 1;
 
+        d.start_usec = now_usec();
+
         config_env_from_environ(&env);
         r = config_load(o->config_path, &env, &d.config, errbuf, sizeof(errbuf));
         if (r < 0) {
@@ -1391,7 +1427,7 @@ int daemon_run(const DaemonOptions *o)
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
             (r = setup_discovery(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
-            (r = setup_http(&d)) < 0) {
+            (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -1429,4 +1465,614 @@ out:
         }
         daemon_free(&d);
         return ret;
+}
+
+/* ------------------------------------------------------------------------
+ * The sockets: the event stream sink and the control commands (issue 7).
+ * Everything here runs on the loop thread.
+ * ------------------------------------------------------------------------ */
+
+/* Records scanned per list request at most, so a filter that matches
+ * little never walks a huge table in one loop turn. */
+#define LIST_SCAN_MAX 200000
+
+/* The stream sink's snapshot iterator: every session whose status is known. */
+static int on_stream_snapshot_next(void *userdata, size_t *cursor, SinkSocketEntry *ret)
+{
+        Daemon *d = userdata;
+        size_t n = sessions_capacity(d->table);
+
+        for (; *cursor < n; (*cursor)++) {
+                SessionIndex i = (SessionIndex)*cursor;
+                const Session *rec = sessions_get(d->table, i);
+
+                if ((rec->flags & SESSION_REMOVED) || !(rec->flags & SESSION_SEEN))
+                        continue;
+                *ret = (SinkSocketEntry){
+                    .id = sessions_id(d->table, i),
+                    .status_raw = sessions_status_raw(d->table, i),
+                    .updated_at_us = rec->updated_at_us,
+                };
+                (*cursor)++;
+                return 1;
+        }
+        return 0;
+}
+
+/* Session counts: [status] for seen ones, plus unseen and gone. */
+typedef struct SessionCounts {
+        size_t by_status[_SESSION_STATUS_MAX];
+        size_t unseen;
+        size_t gone;
+        size_t total;
+} SessionCounts;
+
+static void count_sessions(Daemon *d, SessionCounts *ret)
+{
+        size_t n = sessions_capacity(d->table);
+
+        *ret = (SessionCounts){};
+        for (size_t k = 0; k < n; k++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+
+                if (rec->flags & SESSION_REMOVED)
+                        continue;
+                ret->total++;
+                if (rec->flags & SESSION_GONE)
+                        ret->gone++;
+                if (rec->flags & SESSION_SEEN)
+                        ret->by_status[rec->status < _SESSION_STATUS_MAX ? rec->status
+                                                                         : SESSION_STATUS_UNKNOWN]++;
+                else
+                        ret->unseen++;
+        }
+}
+
+/* Stops watching session i at once: out of the scheduler, the table and
+ * (durably) the state. A poll in flight for it is answered into the void. */
+static void unwatch_session(Daemon *d, SessionIndex i)
+{
+        const char *id = sessions_id(d->table, i);
+        Session *rec = sessions_get(d->table, i);
+
+        if (rec->flags & SESSION_IN_FLIGHT)
+                for (unsigned k = 0; k < d->config->api.max_connections; k++)
+                        if (d->slots[k].busy && d->slots[k].session == i)
+                                d->slots[k].cancelled = true;
+        if (d->state) {
+                int r = state_remove_session(d->state, id, rec->id_len);
+                if (r < 0)
+                        log_error_errno(r, "Failed to record that session '%s' is unwatched: %m", id);
+        }
+        scheduler_unschedule(&d->sched, i);
+        sessions_remove(d->table, i);
+}
+
+typedef struct ReloadReport {
+        size_t added;
+        size_t removed;
+} ReloadReport;
+
+/* Re-reads the config file and applies what can change at run time: the
+ * [watch] session list (new ones are polled, dropped ones unwatched unless
+ * they were also added at run time) and the [poll] settings. Everything
+ * else keeps its value until a restart. On an invalid file nothing changes,
+ * and errbuf holds its "file:line: message" lines. Returns 0 or -errno. */
+static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *ret)
+{
+        uint64_t now = uv_now(&d->loop);
+        Config *c = NULL;
+        SessionIndex *idx = NULL;
+        uint8_t *keep = NULL;
+        ConfigEnv env;
+        size_t n, k;
+        int r;
+
+        *ret = (ReloadReport){};
+        config_env_from_environ(&env);
+        r = config_load(d->config->path, &env, &c, errbuf, errlen);
+        if (r < 0)
+                return r;
+
+        n = c->watch.n_sessions;
+        idx = calloc(n ? n : 1, sizeof(*idx));
+        if (!idx) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (k = 0; k < n; k++) {
+                const char *id = c->watch.sessions[k];
+
+                r = sessions_add(d->table, id, strlen(id), SESSION_CONFIGURED, &idx[k]);
+                if (r == -EEXIST) {
+                        sessions_get(d->table, idx[k])->flags |= SESSION_CONFIGURED;
+                        continue;
+                }
+                if (r == -ENOSPC) {
+                        log_error("More sessions than [poll] max-sessions; ignoring '%s' and the rest.", id);
+                        n = k;
+                        break;
+                }
+                if (r < 0)
+                        goto out;
+                ret->added++;
+                r = scheduler_schedule(&d->sched, idx[k],
+                                       now + scheduler_spread(&d->sched, c->poll.interval_ms));
+                if (r < 0)
+                        goto out;
+        }
+
+        keep = calloc(sessions_capacity(d->table) + 1, 1);
+        if (!keep) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (k = 0; k < n; k++)
+                keep[idx[k]] = 1;
+        for (k = 0; k < sessions_capacity(d->table); k++) {
+                Session *rec = sessions_get(d->table, (SessionIndex)k);
+
+                if ((rec->flags & SESSION_REMOVED) || !(rec->flags & SESSION_CONFIGURED) || keep[k])
+                        continue;
+                if (rec->flags & SESSION_DYNAMIC) {
+                        rec->flags &= ~SESSION_CONFIGURED;
+                        continue;
+                }
+                unwatch_session(d, (SessionIndex)k);
+                ret->removed++;
+        }
+
+        d->config->poll = c->poll;
+        SchedulerOptions so = d->sched.opt;
+        so.interval_ms = c->poll.interval_ms;
+        so.waiting_interval_ms = c->poll.waiting_interval_ms;
+        so.jitter_percent = c->poll.jitter_percent;
+        so.backoff_max_ms = c->poll.backoff_max_ms;
+        scheduler_set_options(&d->sched, &so);
+        r = 0;
+        log_info("Reloaded '%s': %zu session(s) added, %zu removed; %zu watched.", d->config->path,
+                 ret->added, ret->removed, sessions_count(d->table));
+        if (!d->stopping)
+                dispatch(d);
+out:
+        if (r < 0)
+                snprintf(errbuf, errlen, "%s: %s", c->path, strerror(-r));
+        free(keep);
+        free(idx);
+        config_free(c);
+        return r;
+}
+
+static json_object *json_string_or_null(const char *s)
+{
+        return s ? json_object_new_string(s) : NULL;
+}
+
+/* What the webhook sink reports about its queues; none on this branch yet. */
+static void status_add_webhooks(Daemon *d, json_object *list)
+{
+}
+
+static json_object *cmd_status(void *userdata, json_object *req)
+{
+        Daemon *d = userdata;
+        json_object *o = control_reply_ok(), *sessions, *by, *polls, *errors, *webhooks, *state;
+        SessionCounts counts;
+        SinkSocketStats ss = {};
+
+        if (!o)
+                return NULL;
+        count_sessions(d, &counts);
+        sessions = json_object_new_object();
+        by = json_object_new_object();
+        for (int k = 0; k < _SESSION_STATUS_MAX; k++)
+                json_object_object_add(by, session_status_to_string(k),
+                                       json_object_new_int64((int64_t)counts.by_status[k]));
+        json_object_object_add(sessions, "watched", json_object_new_int64((int64_t)counts.total));
+        json_object_object_add(sessions, "byStatus", by);
+        json_object_object_add(sessions, "unseen", json_object_new_int64((int64_t)counts.unseen));
+        json_object_object_add(sessions, "gone", json_object_new_int64((int64_t)counts.gone));
+
+        polls = json_object_new_object();
+        errors = json_object_new_object();
+        for (int k = 0; k < _API_OUTCOME_MAX; k++) {
+                json_object_object_add(polls, api_outcome_to_string(k),
+                                       json_object_new_int64((int64_t)d->stats.polls[k]));
+                if (k != API_OK && k != API_CANCELLED)
+                        json_object_object_add(errors, api_outcome_to_string(k),
+                                               json_object_new_int64((int64_t)d->stats.polls[k]));
+        }
+        webhooks = json_object_new_array();
+        status_add_webhooks(d, webhooks);
+
+        if (d->state) {
+                StateHealth h;
+
+                state_health(d->state, &h);
+                state = json_object_new_object();
+                json_object_object_add(state, "path", json_object_new_string(d->config->state.path));
+                json_object_object_add(state, "degraded", json_object_new_boolean(h.degraded));
+                json_object_object_add(state, "compacting", json_object_new_boolean(h.compacting));
+                json_object_object_add(state, "lastError",
+                                       h.last_error ? json_object_new_string(strerror(-h.last_error))
+                                                    : NULL);
+                json_object_object_add(state, "lastErrorWhat", json_string_or_null(h.last_error_what));
+                json_object_object_add(state, "fileBytes", json_object_new_int64((int64_t)h.file_bytes));
+                json_object_object_add(state, "pendingBytes",
+                                       json_object_new_int64((int64_t)h.pending_bytes));
+                json_object_object_add(state, "writeErrors", json_object_new_int64((int64_t)h.write_errors));
+                json_object_object_add(state, "compactions", json_object_new_int64((int64_t)h.compactions));
+        } else
+                state = NULL;
+
+        if (d->stream)
+                sink_socket_stats(d->stream, &ss);
+
+        json_object_object_add(o, "version", json_object_new_string(SW_VERSION));
+        json_object_object_add(o, "pid", json_object_new_int64(getpid()));
+        json_object_object_add(o, "uptimeSeconds",
+                               json_object_new_int64((int64_t)((now_usec() - d->start_usec) / 1000000)));
+        json_object_object_add(o, "apiUrl", json_object_new_string(d->config->api.url));
+        json_object_object_add(o, "sessions", sessions);
+        json_object_object_add(o, "inFlight", json_object_new_int64(d->sched.in_flight));
+        json_object_object_add(o, "polls", polls);
+        json_object_object_add(o, "apiErrors", errors);
+        json_object_object_add(o, "transitions", json_object_new_int64((int64_t)d->stats.transitions));
+        json_object_object_add(o, "events", json_object_new_int64((int64_t)d->stats.events));
+        json_object_object_add(o, "webhooks", webhooks);
+        json_object_object_add(o, "state", state);
+        json_object_object_add(o, "eventsSocket",
+                               d->stream ? json_object_new_string(d->config->events.path) : NULL);
+        json_object_object_add(o, "streamClients", json_object_new_int64(ss.clients));
+        json_object_object_add(o, "streamOverflows", json_object_new_int64((int64_t)ss.overflows));
+        json_object_object_add(o, "lastSequence",
+                               d->stream ? json_object_new_int64(ss.last_sequence) : NULL);
+        return o;
+}
+
+/* A member that must be absent or of `type`; *ret is NULL when absent. */
+static bool get_member(json_object *req, const char *key, json_type type, json_object **ret)
+{
+        *ret = NULL;
+        if (!json_object_object_get_ex(req, key, ret) || !*ret) {
+                *ret = NULL;
+                return true;
+        }
+        return json_object_is_type(*ret, type);
+}
+
+static json_object *cmd_list(void *userdata, json_object *req)
+{
+        Daemon *d = userdata;
+        json_object *status, *runbook, *limit_o, *cursor_o, *o, *list;
+        int64_t limit = CONTROL_LIST_DEFAULT_LIMIT, cursor = 0;
+        size_t n = sessions_capacity(d->table), k, scanned = 0, found = 0;
+
+        if (!get_member(req, "status", json_type_string, &status) ||
+            !get_member(req, "runbook", json_type_string, &runbook) ||
+            !get_member(req, "limit", json_type_int, &limit_o) ||
+            !get_member(req, "cursor", json_type_int, &cursor_o))
+                return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
+                                           "'list' takes optional 'status' and 'runbook' strings and "
+                                           "'limit' and 'cursor' integers.");
+        if (runbook)
+                return control_reply_error(CONTROL_ERROR_UNSUPPORTED,
+                                           "The runbook filter needs discovery: this daemon does not keep "
+                                           "the runbook of a session.");
+        if (limit_o)
+                limit = json_object_get_int64(limit_o);
+        if (cursor_o)
+                cursor = json_object_get_int64(cursor_o);
+        if (limit < 1 || limit > CONTROL_LIST_MAX_LIMIT || cursor < 0)
+                return control_reply_error(
+                    CONTROL_ERROR_BAD_REQUEST,
+                    "'limit' must be 1-%d and 'cursor' a value from an earlier reply.",
+                    CONTROL_LIST_MAX_LIMIT);
+
+        o = control_reply_ok();
+        list = json_object_new_array();
+        if (!o || !list) {
+                json_object_put(o);
+                json_object_put(list);
+                return NULL;
+        }
+        for (k = (size_t)cursor; k < n && found < (size_t)limit && scanned < LIST_SCAN_MAX; k++, scanned++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+                const char *st = NULL;
+                json_object *e;
+                char updated[TIMESTAMP_RFC3339_MAX];
+
+                if (rec->flags & SESSION_REMOVED)
+                        continue;
+                if (rec->flags & SESSION_SEEN)
+                        st = sessions_status_raw(d->table, (SessionIndex)k);
+                if (status && (!st || strcmp(st, json_object_get_string(status)) != 0))
+                        continue;
+                e = json_object_new_object();
+                json_object_object_add(e, "id",
+                                       json_object_new_string(sessions_id(d->table, (SessionIndex)k)));
+                json_object_object_add(e, "status", json_string_or_null(st));
+                json_object_object_add(e, "updatedAt",
+                                       (rec->flags & SESSION_SEEN) &&
+                                               format_timestamp_rfc3339(rec->updated_at_us, updated) >= 0
+                                           ? json_object_new_string(updated)
+                                           : NULL);
+                json_object_object_add(e, "configured",
+                                       json_object_new_boolean(rec->flags & SESSION_CONFIGURED));
+                json_object_object_add(e, "dynamic", json_object_new_boolean(rec->flags & SESSION_DYNAMIC));
+                json_object_object_add(e, "gone", json_object_new_boolean(rec->flags & SESSION_GONE));
+                json_object_array_add(list, e);
+                found++;
+        }
+        json_object_object_add(o, "sessions", list);
+        json_object_object_add(o, "next", k < n ? json_object_new_int64((int64_t)k) : NULL);
+        return o;
+}
+
+/* The "ids" member of watch and unwatch: a non-empty array of valid ids.
+ * Returns NULL with *ret_error set when it is not. */
+static json_object *get_ids(json_object *req, const char *command, json_object **ret_error)
+{
+        json_object *ids;
+        size_t n;
+
+        *ret_error = NULL;
+        if (!json_object_object_get_ex(req, "ids", &ids) || !json_object_is_type(ids, json_type_array) ||
+            (n = json_object_array_length(ids)) == 0 || n > CONTROL_IDS_MAX) {
+                *ret_error = control_reply_error(CONTROL_ERROR_BAD_REQUEST,
+                                                 "'%s' needs 'ids': an array of 1-%d session ids.", command,
+                                                 CONTROL_IDS_MAX);
+                return NULL;
+        }
+        for (size_t k = 0; k < n; k++) {
+                json_object *v = json_object_array_get_idx(ids, k);
+                const char *id = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+
+                if (!id || !config_session_id_valid(id)) {
+                        char shown[80] = "(not a string)";
+
+                        if (id) {
+                                snprintf(shown, sizeof(shown), "%s", id);
+                                for (char *p = shown; *p; p++)
+                                        if ((unsigned char)*p < 0x20 || *p == '\'')
+                                                *p = '?';
+                        }
+                        *ret_error =
+                            control_reply_error(CONTROL_ERROR_BAD_ID,
+                                                "Invalid session id '%s': ids are 1-64 characters of "
+                                                "A-Z, a-z, 0-9, '_' and '-'. Nothing was changed.",
+                                                shown);
+                        return NULL;
+                }
+        }
+        return ids;
+}
+
+static json_object *cmd_watch(void *userdata, json_object *req)
+{
+        Daemon *d = userdata;
+        json_object *err, *ids = get_ids(req, CONTROL_CMD_WATCH, &err), *o, *added, *already;
+
+        if (!ids)
+                return err;
+        if (d->stopping)
+                return control_reply_error(CONTROL_ERROR_FAILED, "The daemon is stopping.");
+        o = control_reply_ok();
+        added = json_object_new_array();
+        already = json_object_new_array();
+        for (size_t k = 0; k < json_object_array_length(ids); k++) {
+                const char *id = json_object_get_string(json_object_array_get_idx(ids, k));
+                SessionIndex i;
+                int r = sessions_add(d->table, id, strlen(id), SESSION_DYNAMIC, &i);
+
+                if (r == -EEXIST) {
+                        /* Watched already; now also explicitly, so it stays
+                         * when a reload drops it from the config. */
+                        sessions_get(d->table, i)->flags |= SESSION_DYNAMIC;
+                        persist(d, i);
+                        json_object_array_add(already, json_object_new_string(id));
+                        continue;
+                }
+                if (r < 0) {
+                        json_object_put(added);
+                        json_object_put(already);
+                        json_object_put(o);
+                        dispatch(d);
+                        if (r == -ENOSPC)
+                                return control_reply_error(
+                                    CONTROL_ERROR_FAILED,
+                                    "Cannot watch '%s': [poll] max-sessions (%zu) reached.", id,
+                                    d->config->poll.max_sessions);
+                        return control_reply_error(CONTROL_ERROR_FAILED, "Cannot watch '%s': %s.", id,
+                                                   strerror(-r));
+                }
+                persist(d, i);
+                schedule_after(d, i, 0);
+                json_object_array_add(added, json_object_new_string(id));
+        }
+        if (json_object_array_length(added) > 0)
+                log_info("Watching %zu more session(s) on request.", json_object_array_length(added));
+        dispatch(d);
+        json_object_object_add(o, "added", added);
+        json_object_object_add(o, "already", already);
+        return o;
+}
+
+static json_object *cmd_unwatch(void *userdata, json_object *req)
+{
+        Daemon *d = userdata;
+        json_object *err, *ids = get_ids(req, CONTROL_CMD_UNWATCH, &err), *o, *removed, *unknown;
+
+        if (!ids)
+                return err;
+        o = control_reply_ok();
+        removed = json_object_new_array();
+        unknown = json_object_new_array();
+        for (size_t k = 0; k < json_object_array_length(ids); k++) {
+                const char *id = json_object_get_string(json_object_array_get_idx(ids, k));
+                SessionIndex i = sessions_find(d->table, id, strlen(id));
+
+                if (i == SESSION_INDEX_NONE) {
+                        json_object_array_add(unknown, json_object_new_string(id));
+                        continue;
+                }
+                unwatch_session(d, i);
+                json_object_array_add(removed, json_object_new_string(id));
+        }
+        if (json_object_array_length(removed) > 0)
+                log_info("Stopped watching %zu session(s) on request.", json_object_array_length(removed));
+        json_object_object_add(o, "removed", removed);
+        json_object_object_add(o, "unknown", unknown);
+        return o;
+}
+
+static json_object *cmd_reload(void *userdata, json_object *req)
+{
+        Daemon *d = userdata;
+        char errbuf[4096] = "";
+        ReloadReport rep;
+        json_object *o;
+        int r;
+
+        if (d->stopping)
+                return control_reply_error(CONTROL_ERROR_FAILED, "The daemon is stopping.");
+        r = daemon_reload(d, errbuf, sizeof(errbuf), &rep);
+        if (r < 0) {
+                log_error("Reload failed, keeping the running configuration:\n%s", errbuf);
+                return control_reply_error(CONTROL_ERROR_FAILED, "%s", errbuf);
+        }
+        o = control_reply_ok();
+        if (o) {
+                json_object_object_add(o, "added", json_object_new_int64((int64_t)rep.added));
+                json_object_object_add(o, "removed", json_object_new_int64((int64_t)rep.removed));
+                json_object_object_add(o, "watched",
+                                       json_object_new_int64((int64_t)sessions_count(d->table)));
+        }
+        return o;
+}
+
+/* The daemon's counters in the Prometheus text format. */
+static void daemon_metrics(Daemon *d, MetricsText *m)
+{
+        SessionCounts counts;
+        SinkSocketStats ss = {};
+
+        count_sessions(d, &counts);
+        if (d->stream)
+                sink_socket_stats(d->stream, &ss);
+
+        metrics_text_family(m, "sessionwatch_polls_total", "counter", "Session polls by outcome.");
+        for (int k = 0; k < _API_OUTCOME_MAX; k++)
+                metrics_text_labelled(m, "sessionwatch_polls_total", "outcome", api_outcome_to_string(k),
+                                      (double)d->stats.polls[k]);
+        metrics_text_family(m, "sessionwatch_transitions_total", "counter", "Status transitions observed.");
+        metrics_text_value(m, "sessionwatch_transitions_total", (double)d->stats.transitions);
+        metrics_text_family(m, "sessionwatch_events_total", "counter", "Events handed to the sinks.");
+        metrics_text_value(m, "sessionwatch_events_total", (double)d->stats.events);
+        metrics_text_family(m, "sessionwatch_sessions", "gauge",
+                            "Watched sessions by current status (\"unseen\": not yet observed).");
+        for (int k = 0; k < _SESSION_STATUS_MAX; k++)
+                metrics_text_labelled(m, "sessionwatch_sessions", "status", session_status_to_string(k),
+                                      (double)counts.by_status[k]);
+        metrics_text_labelled(m, "sessionwatch_sessions", "status", "unseen", (double)counts.unseen);
+        metrics_text_family(m, "sessionwatch_sessions_watched", "gauge", "Sessions in the table.");
+        metrics_text_value(m, "sessionwatch_sessions_watched", (double)counts.total);
+        metrics_text_family(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.");
+        metrics_text_value(m, "sessionwatch_requests_in_flight", (double)d->sched.in_flight);
+        metrics_text_family(m, "sessionwatch_stream_clients", "gauge", "Event stream clients connected.");
+        metrics_text_value(m, "sessionwatch_stream_clients", (double)ss.clients);
+        metrics_text_family(m, "sessionwatch_stream_connections_total", "counter",
+                            "Event stream connections accepted.");
+        metrics_text_value(m, "sessionwatch_stream_connections_total", (double)ss.connections);
+        metrics_text_family(m, "sessionwatch_stream_overflows_total", "counter",
+                            "Event stream clients cut off for not reading.");
+        metrics_text_value(m, "sessionwatch_stream_overflows_total", (double)ss.overflows);
+        metrics_text_family(m, "sessionwatch_control_connections", "gauge", "Control socket connections.");
+        metrics_text_value(m, "sessionwatch_control_connections",
+                           d->control ? (double)control_connections(d->control) : 0);
+        metrics_text_family(m, "sessionwatch_uptime_seconds", "gauge", "Seconds since the daemon started.");
+        metrics_text_value(m, "sessionwatch_uptime_seconds",
+                           (double)((now_usec() - d->start_usec) / 1000000));
+}
+
+static json_object *cmd_metrics(void *userdata, json_object *req)
+{
+        MetricsText m = METRICS_TEXT_NULL;
+        json_object *o;
+
+        daemon_metrics(userdata, &m);
+        if (m.error < 0) {
+                metrics_text_done(&m);
+                return NULL;
+        }
+        o = control_reply_ok();
+        if (o)
+                json_object_object_add(o, "text", json_object_new_string_len(m.data, (int)m.len));
+        metrics_text_done(&m);
+        return o;
+}
+
+static const ControlCommand control_commands[] = {
+    {CONTROL_CMD_STATUS, false, cmd_status},
+    {CONTROL_CMD_LIST, false, cmd_list},
+    {CONTROL_CMD_WATCH, true, cmd_watch},
+    {CONTROL_CMD_UNWATCH, true, cmd_unwatch},
+    {CONTROL_CMD_RELOAD, true, cmd_reload},
+    {CONTROL_CMD_METRICS, false, cmd_metrics},
+    {},
+};
+
+/* The event stream (a sink) and the control socket. Either is left out,
+ * with a notice, when its path is not configured and no $RUNTIME_DIRECTORY
+ * gives a default. */
+static int setup_sockets(Daemon *d)
+{
+        const ConfigSocket *ev = &d->config->events, *ct = &d->config->control;
+        int r;
+
+        if (!ev->path)
+                log_notice(
+                    "No [events] path and no $RUNTIME_DIRECTORY: running without the event stream socket.");
+        else {
+                SinkSocketOptions so = {
+                    .path = ev->path,
+                    .fd = -1,
+                    .mode = ev->mode,
+                    .group = ev->group,
+                    .client_buffer = ev->client_buffer,
+                    .source = d->source,
+                    .snapshot_next = on_stream_snapshot_next,
+                    .userdata = d,
+                };
+                Sink **sinks = realloc(d->sinks, (d->n_sinks + 1) * sizeof(Sink *));
+                Sink *s;
+
+                if (!sinks)
+                        return -ENOMEM;
+                d->sinks = sinks;
+                r = sink_socket_new(&d->loop, &so, &s);
+                if (r < 0)
+                        return r;
+                d->sinks[d->n_sinks++] = s;
+                d->stream = s;
+        }
+
+        if (!ct->path)
+                log_notice(
+                    "No [control] path and no $RUNTIME_DIRECTORY: running without the control socket.");
+        else {
+                ControlOptions co = {
+                    .path = ct->path,
+                    .fd = -1,
+                    .mode = ct->mode,
+                    .group = ct->group,
+                    .commands = control_commands,
+                    .userdata = d,
+                };
+
+                r = control_new(&d->loop, &co, &d->control);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }

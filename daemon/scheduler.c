@@ -127,7 +127,9 @@ int scheduler_schedule(Scheduler *s, SessionIndex i, uint64_t due_ms)
                 return 0;
         }
         if (s->n_heap == s->cap_heap) {
-                size_t n = s->cap_heap ? s->cap_heap + s->cap_heap / 2 : 64;
+                /* At least one more slot: a heap reserved at one session
+                 * must still grow when a second is added at run time. */
+                size_t n = s->cap_heap ? s->cap_heap + s->cap_heap / 2 + 1 : 64;
                 uint32_t *h = realloc(s->heap, n * sizeof(*h));
                 if (!h)
                         return -ENOMEM;

@@ -1016,6 +1016,48 @@ class Daemon(Process):
         """Wait for the first event satisfying ``predicate`` and return it."""
         return self.wait_for_events(predicate, count=1, timeout=timeout)[0]
 
+    # -- the sockets (sessionwatchctl and the event stream) ---------------------
+
+    def ctl(self, *args, json_output=False, socket_path=None, wrapper=(), timeout=10, env=None):
+        """Run ``sessionwatchctl`` (``$SW_CTL``) against this daemon's control
+        socket (``socket_path`` overrides it) and return the
+        ``subprocess.CompletedProcess`` (text output). ``json_output`` adds
+        ``--json``; ``wrapper`` is prepended to the command line (e.g.
+        ``setpriv ...``)."""
+        argv = list(wrapper) + [binary_path("SW_CTL"), "--socket", socket_path or self.control_socket]
+        if json_output:
+            argv.append("--json")
+        argv += [str(a) for a in args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=scaled(timeout),
+                              env=child_env(env), stdin=subprocess.DEVNULL)
+
+    def ctl_json(self, *args, **kwargs):
+        """Run ``sessionwatchctl --json ARGS``, assert exit 0 and return the
+        parsed reply."""
+        done = self.ctl(*args, json_output=True, **kwargs)
+        if done.returncode != 0:
+            raise AssertionError(f"sessionwatchctl {' '.join(map(str, args))} exited {done.returncode}: "
+                                 f"{done.stderr.strip()} {done.stdout.strip()}")
+        return json.loads(done.stdout)
+
+    def request(self, obj_or_line, socket_path=None, timeout=10):
+        """Send one request line (a dict, or raw text without the newline) to
+        the control socket and return the parsed reply."""
+        line = obj_or_line if isinstance(obj_or_line, (str, bytes)) else json.dumps(obj_or_line)
+        if isinstance(line, str):
+            line = line.encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(scaled(timeout))
+            sock.connect(socket_path or self.control_socket)
+            sock.sendall(line + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
+
 
 # ---------------------------------------------------------------------------
 # A private journald

@@ -1,0 +1,546 @@
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <json-c/json.h>
+
+#include "control-proto.h"
+#include "control.h"
+#include "log.h"
+#include "unixsock.h"
+
+/* Past this many reply bytes queued for a client, its requests are not read
+ * until it has read its replies: a client that never reads cannot make the
+ * daemon hold more than this (plus one reply). */
+#define REPLY_QUEUE_MAX ((size_t)1024 * 1024)
+/* Supplementary groups looked at for the control group. */
+#define PEER_GROUPS_MAX 256
+
+typedef struct ControlClient {
+        ControlServer *server;
+        struct ControlClient *prev, *next;
+        uv_pipe_t pipe;
+        uv_shutdown_t shutdown;
+        bool closing;
+        bool reading;
+        bool ending; /* a last reply is queued; nothing more is read */
+        bool eof;    /* the client sent all it will */
+        bool peer_known;
+        uid_t uid;
+        gid_t gid;
+        gid_t groups[PEER_GROUPS_MAX];
+        size_t n_groups;
+        char *buf; /* CONTROL_LINE_MAX + 1 bytes */
+        size_t len;
+} ControlClient;
+
+struct ControlServer {
+        uv_loop_t *loop;
+        uv_pipe_t listener;
+        char *path;
+        bool unlink;
+        bool closing;
+        bool listener_open;
+        gid_t group_gid; /* (gid_t)-1: none */
+        const ControlCommand *commands;
+        void *userdata;
+        ControlClient *clients;
+        unsigned n_clients;
+        unsigned allocated_clients; /* including those whose handle is closing */
+};
+
+typedef struct ControlWrite {
+        uv_write_t req;
+        ControlClient *client;
+        char data[];
+} ControlWrite;
+
+static void client_process(ControlClient *c);
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf);
+
+json_object *control_reply_ok(void)
+{
+        json_object *o = json_object_new_object();
+
+        if (o)
+                json_object_object_add(o, "ok", json_object_new_boolean(1));
+        return o;
+}
+
+json_object *control_reply_error(const char *code, const char *format, ...)
+{
+        json_object *o = json_object_new_object();
+        char msg[1024];
+        va_list ap;
+
+        if (!o)
+                return NULL;
+        va_start(ap, format);
+        vsnprintf(msg, sizeof(msg), format, ap);
+        va_end(ap);
+        json_object_object_add(o, "ok", json_object_new_boolean(0));
+        json_object_object_add(o, "error", json_object_new_string(code));
+        json_object_object_add(o, "message", json_object_new_string(msg));
+        return o;
+}
+
+bool control_peer_allowed(uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups, uid_t self_uid,
+                          gid_t group_gid)
+{
+        if (uid == 0 || uid == self_uid)
+                return true;
+        if (group_gid == (gid_t)-1)
+                return false;
+        if (gid == group_gid)
+                return true;
+        for (size_t k = 0; k < n_groups; k++)
+                if (groups[k] == group_gid)
+                        return true;
+        return false;
+}
+
+static void maybe_free_server(ControlServer *s)
+{
+        /* libuv runs close callbacks in no promised order: the last one frees. */
+        if (s->closing && s->allocated_clients == 0 && !s->listener_open) {
+                free(s->path);
+                free(s);
+        }
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+        ControlClient *c = h->data;
+        ControlServer *s = c->server;
+
+        free(c->buf);
+        free(c);
+        s->allocated_clients--;
+        maybe_free_server(s);
+}
+
+static void client_close(ControlClient *c)
+{
+        ControlServer *s = c->server;
+
+        if (c->closing)
+                return;
+        c->closing = true;
+        if (c->prev)
+                c->prev->next = c->next;
+        else
+                s->clients = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        s->n_clients--;
+        uv_close((uv_handle_t *)&c->pipe, on_client_closed);
+}
+
+static size_t client_queued(const ControlClient *c)
+{
+        return uv_stream_get_write_queue_size((const uv_stream_t *)&c->pipe);
+}
+
+/* libuv write callback, on the loop. */
+static void on_reply_written(uv_write_t *req, int status)
+{
+        ControlWrite *w = (ControlWrite *)req;
+        ControlClient *c = w->client;
+
+        free(w);
+        if (c->closing)
+                return;
+        if (status < 0) {
+                client_close(c);
+                return;
+        }
+        /* Requests held back while replies piled up can go on now. */
+        if (!c->ending && client_queued(c) < REPLY_QUEUE_MAX)
+                client_process(c);
+}
+
+static void send_reply(ControlClient *c, json_object *reply)
+{
+        const char *text;
+        size_t n = 0;
+        ControlWrite *w;
+        uv_buf_t b;
+        int r;
+
+        if (!reply)
+                reply = control_reply_error(CONTROL_ERROR_FAILED, "out of memory");
+        text = reply ? json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, &n) : NULL;
+        if (!text) {
+                json_object_put(reply);
+                client_close(c);
+                return;
+        }
+        w = malloc(sizeof(*w) + n + 1);
+        if (!w) {
+                json_object_put(reply);
+                client_close(c);
+                return;
+        }
+        w->client = c;
+        memcpy(w->data, text, n);
+        w->data[n] = '\n';
+        json_object_put(reply);
+        b = uv_buf_init(w->data, (unsigned)(n + 1));
+        if (client_queued(c) == 0) {
+                r = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
+                if (r == (int)b.len) {
+                        free(w);
+                        return;
+                }
+                if (r < 0 && r != UV_EAGAIN) {
+                        free(w);
+                        client_close(c);
+                        return;
+                }
+                if (r > 0) {
+                        b.base += r;
+                        b.len -= (unsigned)r;
+                }
+        }
+        r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_reply_written);
+        if (r < 0) {
+                free(w);
+                client_close(c);
+        }
+}
+
+static void on_client_shutdown(uv_shutdown_t *req, int status)
+{
+        client_close(req->data);
+}
+
+/* Sends the last reply and ends the connection once it is out. */
+static void client_end(ControlClient *c, json_object *reply)
+{
+        c->ending = true;
+        if (c->reading) {
+                uv_read_stop((uv_stream_t *)&c->pipe);
+                c->reading = false;
+        }
+        send_reply(c, reply);
+        if (c->closing)
+                return;
+        c->shutdown.data = c;
+        if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, on_client_shutdown) < 0)
+                client_close(c);
+}
+
+static void client_load_peer(ControlClient *c)
+{
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        uv_os_fd_t fd;
+
+        c->uid = (uid_t)-1;
+        c->gid = (gid_t)-1;
+        c->peer_known = false;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return;
+        c->uid = cred.uid;
+        c->gid = cred.gid;
+        c->peer_known = true;
+        len = sizeof(c->groups);
+        /* Supplementary groups at connect time (Linux 4.13+); without them
+         * only the primary group counts. */
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, c->groups, &len) == 0)
+                c->n_groups = len / sizeof(gid_t);
+}
+
+static json_object *handle_line(ControlClient *c, const char *line, size_t n)
+{
+        ControlServer *s = c->server;
+        json_tokener *tok;
+        json_object *req, *v, *reply;
+        const char *name;
+        const ControlCommand *cmd;
+
+        tok = json_tokener_new();
+        if (!tok)
+                return NULL;
+        req = json_tokener_parse_ex(tok, line, (int)n);
+        if (!req || json_tokener_get_parse_end(tok) < n) {
+                /* Trailing text after the object counts as malformed too. */
+                size_t end = req ? json_tokener_get_parse_end(tok) : 0;
+                bool only_blanks = req != NULL;
+
+                for (size_t k = end; req && k < n; k++)
+                        if (line[k] != ' ' && line[k] != '\t' && line[k] != '\r')
+                                only_blanks = false;
+                if (!only_blanks) {
+                        const char *why = req ? "text after the JSON object"
+                                              : json_tokener_error_desc(json_tokener_get_error(tok));
+                        json_object_put(req);
+                        json_tokener_free(tok);
+                        return control_reply_error(CONTROL_ERROR_BAD_JSON,
+                                                   "The request is not valid JSON: %s.", why);
+                }
+        }
+        json_tokener_free(tok);
+        if (!json_object_is_type(req, json_type_object)) {
+                json_object_put(req);
+                return control_reply_error(CONTROL_ERROR_BAD_JSON, "The request must be a JSON object.");
+        }
+        if (!json_object_object_get_ex(req, "command", &v) || !json_object_is_type(v, json_type_string)) {
+                json_object_put(req);
+                return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
+                                           "The request needs a string member 'command'.");
+        }
+        name = json_object_get_string(v);
+        for (cmd = s->commands; cmd->name; cmd++)
+                if (strcmp(cmd->name, name) == 0)
+                        break;
+        if (!cmd->name) {
+                char shown[80];
+
+                /* The name is the peer's text: shown cut and without control characters. */
+                snprintf(shown, sizeof(shown), "%s", name);
+                for (char *p = shown; *p; p++)
+                        if ((unsigned char)*p < 0x20)
+                                *p = '?';
+                reply = control_reply_error(CONTROL_ERROR_UNKNOWN_COMMAND, "Unknown command '%s'.", shown);
+        } else if (cmd->mutating &&
+                   (!c->peer_known || !control_peer_allowed(c->uid, c->gid, c->groups, c->n_groups,
+                                                            geteuid(), s->group_gid))) {
+                log_notice("Refused '%s' on the control socket to uid %d.", cmd->name, (int)c->uid);
+                reply = control_reply_error(CONTROL_ERROR_PERMISSION,
+                                            "'%s' changes the daemon: only root, the daemon's user or "
+                                            "the control group may run it (you are uid %d).",
+                                            cmd->name, (int)c->uid);
+        } else
+                reply = cmd->run(s->userdata, req);
+        json_object_put(req);
+        return reply;
+}
+
+/* Answers the complete lines in the buffer, one at a time, while the
+ * client reads its replies; an overlong line ends the connection. */
+static void client_process(ControlClient *c)
+{
+        for (;;) {
+                char *nl;
+                size_t n;
+
+                if (c->closing || c->ending)
+                        return;
+                if (client_queued(c) >= REPLY_QUEUE_MAX) {
+                        if (c->reading) {
+                                uv_read_stop((uv_stream_t *)&c->pipe);
+                                c->reading = false;
+                        }
+                        return;
+                }
+                nl = memchr(c->buf, '\n', c->len);
+                if (!nl)
+                        break;
+                n = (size_t)(nl - c->buf);
+                if (n > 0 && c->buf[n - 1] == '\r')
+                        n--;
+                /* An empty line is no request: skipped without a reply. */
+                bool blank = true;
+                for (size_t k = 0; k < n; k++)
+                        if (c->buf[k] != ' ' && c->buf[k] != '\t')
+                                blank = false;
+                if (!blank)
+                        send_reply(c, handle_line(c, c->buf, n));
+                n = (size_t)(nl - c->buf) + 1;
+                memmove(c->buf, c->buf + n, c->len - n);
+                c->len -= n;
+        }
+        if (c->len >= CONTROL_LINE_MAX) {
+                client_end(c, control_reply_error(CONTROL_ERROR_TOO_LONG,
+                                                  "The request line is longer than %d bytes; closing.",
+                                                  CONTROL_LINE_MAX));
+                return;
+        }
+        if (c->eof) {
+                /* A last request without a newline still counts; then the
+                 * connection ends once the replies are out. */
+                if (c->len > 0) {
+                        c->buf[c->len] = '\n';
+                        c->len++;
+                        client_process(c);
+                        return;
+                }
+                c->ending = true;
+                c->shutdown.data = c;
+                if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, on_client_shutdown) < 0)
+                        client_close(c);
+                return;
+        }
+        if (!c->reading && !c->closing) {
+                if (uv_read_start((uv_stream_t *)&c->pipe, on_client_alloc, on_client_read) == 0)
+                        c->reading = true;
+        }
+}
+
+static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+        ControlClient *c = h->data;
+
+        *buf = uv_buf_init(c->buf + c->len, (unsigned)(CONTROL_LINE_MAX - c->len));
+}
+
+/* libuv read callback, on the loop. */
+static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
+{
+        ControlClient *c = stream->data;
+
+        if (c->closing)
+                return;
+        if (n < 0) {
+                uv_read_stop(stream);
+                c->reading = false;
+                if (n != UV_EOF) {
+                        client_close(c);
+                        return;
+                }
+                /* The client has no more requests: what it sent is still
+                 * answered, then the connection ends. */
+                c->eof = true;
+                client_process(c);
+                return;
+        }
+        c->len += (size_t)n;
+        client_process(c);
+}
+
+static int client_start_reading(ControlClient *c)
+{
+        int r = uv_read_start((uv_stream_t *)&c->pipe, on_client_alloc, on_client_read);
+
+        c->reading = r == 0;
+        return r;
+}
+
+/* A client connected, on the loop. */
+static void on_control_connection(uv_stream_t *server, int status)
+{
+        ControlServer *s = server->data;
+        ControlClient *c;
+        int r;
+
+        if (status < 0) {
+                log_warning_errno(status, "Failed to accept on '%s': %m", s->path);
+                return;
+        }
+        c = calloc(1, sizeof(*c));
+        if (c)
+                c->buf = malloc(CONTROL_LINE_MAX + 1);
+        if (!c || !c->buf) {
+                free(c);
+                log_error("Out of memory accepting a control client.");
+                return;
+        }
+        c->server = s;
+        s->allocated_clients++;
+        uv_pipe_init(s->loop, &c->pipe, 0);
+        c->pipe.data = c;
+        c->next = s->clients;
+        if (s->clients)
+                s->clients->prev = c;
+        s->clients = c;
+        s->n_clients++;
+        r = uv_accept(server, (uv_stream_t *)&c->pipe);
+        if (r < 0) {
+                log_warning_errno(r, "Failed to accept on '%s': %m", s->path);
+                client_close(c);
+                return;
+        }
+        if (s->n_clients > CONTROL_CONNECTIONS_MAX) {
+                client_end(c,
+                           control_reply_error(CONTROL_ERROR_FAILED,
+                                               "Too many control connections (at most %d); try again later.",
+                                               CONTROL_CONNECTIONS_MAX));
+                return;
+        }
+        client_load_peer(c);
+        if (client_start_reading(c) < 0)
+                client_close(c);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+        ControlServer *s = h->data;
+
+        s->listener_open = false;
+        maybe_free_server(s);
+}
+
+int control_new(uv_loop_t *loop, const ControlOptions *o, ControlServer **ret)
+{
+        ControlServer *s = calloc(1, sizeof(*s));
+        int r;
+
+        if (!s)
+                return -ENOMEM;
+        s->loop = loop;
+        s->commands = o->commands;
+        s->userdata = o->userdata;
+        s->group_gid = (gid_t)-1;
+        s->path = strdup(o->path ? o->path : "(passed socket)");
+        if (!s->path) {
+                free(s);
+                return -ENOMEM;
+        }
+        if (o->group) {
+                r = unixsock_resolve_group(o->group, &s->group_gid);
+                if (r < 0) {
+                        log_error_errno(r, "Unknown [control] group '%s': %m", o->group);
+                        free(s->path);
+                        free(s);
+                        return r;
+                }
+        }
+        uv_pipe_init(loop, &s->listener, 0);
+        s->listener.data = s;
+        s->listener_open = true;
+        if (o->fd >= 0) {
+                r = uv_pipe_open(&s->listener, o->fd);
+                if (r < 0)
+                        log_error_errno(r, "Failed to use the passed socket for '%s': %m", s->path);
+        } else {
+                r = unixsock_bind(&s->listener, s->path, o->mode, o->group);
+                s->unlink = r >= 0;
+        }
+        if (r >= 0) {
+                r = uv_listen((uv_stream_t *)&s->listener, 64, on_control_connection);
+                if (r < 0)
+                        log_error_errno(r, "Failed to listen on '%s': %m", s->path);
+        }
+        if (r < 0) {
+                control_close(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+void control_close(ControlServer *s)
+{
+        if (!s || s->closing)
+                return;
+        s->closing = true;
+        if (s->unlink)
+                (void)unlink(s->path);
+        while (s->clients)
+                client_close(s->clients);
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+}
+
+unsigned control_connections(const ControlServer *s)
+{
+        return s->n_clients;
+}

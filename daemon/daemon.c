@@ -16,6 +16,7 @@
 #include "api.h"
 #include "config.h"
 #include "daemon.h"
+#include "daemon-private.h"
 #include "decode.h"
 #include "discovery.h"
 #include "event.h"
@@ -46,92 +47,6 @@
  * intern megabytes of "statuses"). */
 #define STATUS_MAX STATE_STATUS_MAX
 
-typedef struct Daemon Daemon;
-
-typedef struct PersistQueue {
-        SessionIndex *v;
-        size_t n, cap;
-} PersistQueue;
-
-/* How far one webhook's outbox must be written before the held state
- * writes may go. */
-typedef struct PersistMark {
-        Sink *sink;
-        uint64_t mark;
-} PersistMark;
-
-/* One outstanding poll: what the completion needs to find its session. */
-typedef struct PollSlot {
-        Daemon *daemon;
-        SessionIndex session;
-        uint32_t next_free;
-        bool busy;      /* taken by a poll in flight */
-        bool cancelled; /* its session was unwatched meanwhile: the answer is dropped */
-} PollSlot;
-
-/* Event latency, from a response's completion to its event having been
- * handed to every sink, in power-of-two microsecond buckets: bucket k holds
- * latencies in [2^(k-1), 2^k) µs (bucket 0: under 1 µs). */
-#define LATENCY_BUCKETS 40
-
-typedef struct Stats {
-        uint64_t polls[_API_OUTCOME_MAX];
-        uint64_t transitions;
-        uint64_t events;
-        uint64_t quick_decodes; /* bodies settled by the cheap scanner alone */
-        uint64_t latency[LATENCY_BUCKETS];
-} Stats;
-
-struct Daemon {
-        uv_loop_t loop;
-        Config *config;
-        SessionTable *table;
-        Scheduler sched;
-        HttpMux *mux;
-        Api api;
-        char source[300];
-
-        Sink **sinks;
-        size_t n_sinks;
-
-        State *state;         /* NULL: no state folder configured */
-        /* State writes held back until the webhook outboxes hold the events
-         * that went before them (see persist()). */
-        PersistQueue persist_wait, persist_next;
-        PersistMark *persist_marks;
-        size_t n_persist_marks;
-        bool persist_armed;
-        size_t state_dropped; /* loaded sessions no longer watched */
-
-        PollSlot *slots;
-        uint32_t free_slot;
-
-        uv_timer_t tick;
-        uv_timer_t stop_timer;
-        uv_signal_t sig_term, sig_int;
-        uv_signal_t sig_stall; /* test hook: SIGUSR2 blocks the loop (SW_TEST_HOOKS=1 only) */
-        unsigned open_handles;
-        Notifier notify;
-
-        bool stopping;
-        bool finishing;
-        unsigned auth_level; /* consecutive auth hold-offs */
-        LogRateLimit poll_errors_rl;
-        LogRateLimit decode_rl;
-        LogRateLimit rate_limit_rl;
-        Stats stats;
-
-        /* Discovery, retain and stalled sessions (see the block further down). */
-        Discovery *disc; /* NULL: no [watch] runbook and not all */
-        DiscoveryCounters disc_counters;
-        uint64_t last_retire_ms;
-        LogRateLimit refuse_rl;
-
-        /* The sockets (daemon-sockets block below). */
-        Sink *stream;           /* also in sinks[]; NULL without [events] path */
-        ControlServer *control; /* NULL without [control] path */
-        uint64_t start_usec;
-};
 
 static void dispatch(Daemon *d);
 static void on_tick_timer(uv_timer_t *t);

@@ -82,6 +82,11 @@ struct Daemon {
         uv_timer_t tick;
         uv_timer_t stop_timer;
         uv_signal_t sig_term, sig_int;
+        uv_signal_t sig_hup;
+        /* Failed transitions per minute over the last hour, for STATUS=:
+         * slot m counts minute failed_minute_at[m] (uv_now() / 60000). */
+        uint32_t failed_per_minute[60];
+        uint64_t failed_minute_at[60];
         uv_signal_t sig_stall; /* test hook: SIGUSR2 blocks the loop (SW_TEST_HOOKS=1 only) */
         unsigned open_handles;
         Notifier notify;

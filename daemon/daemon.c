@@ -21,6 +21,7 @@
 #include "discovery.h"
 #include "event.h"
 #include "httpmux.h"
+#include "listenfds.h"
 #include "log.h"
 #include "notify.h"
 #include "scheduler.h"
@@ -49,6 +50,7 @@
 
 
 static void dispatch(Daemon *d);
+static void on_reload_signal(uv_signal_t *h, int signum);
 static void on_tick_timer(uv_timer_t *t);
 static void stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
 
@@ -94,6 +96,16 @@ static uint64_t latency_quantile(const Stats *st, double q)
 static void emit(Daemon *d, const Event *e, uint64_t response_done_usec)
 {
         d->stats.events++;
+        if (e->kind == EVENT_TRANSITION && e->status == SESSION_STATUS_FAILED) {
+                uint64_t minute = uv_now(&d->loop) / 60000;
+                unsigned m = (unsigned)(minute % 60);
+
+                if (d->failed_minute_at[m] != minute) {
+                        d->failed_minute_at[m] = minute;
+                        d->failed_per_minute[m] = 0;
+                }
+                d->failed_per_minute[m]++;
+        }
         for (size_t i = 0; i < d->n_sinks; i++)
                 if (d->sinks[i])
                         sink_emit(d->sinks[i], e);
@@ -611,6 +623,7 @@ static void finish(Daemon *d)
         close_handle(d, (uv_handle_t *)&d->stop_timer);
         close_handle(d, (uv_handle_t *)&d->sig_term);
         close_handle(d, (uv_handle_t *)&d->sig_int);
+        close_handle(d, (uv_handle_t *)&d->sig_hup);
         close_handle(d, (uv_handle_t *)&d->sig_stall);
         d->open_handles++;
         notify_close(&d->notify, on_notify_closed, d);
@@ -674,6 +687,9 @@ static void on_notify_status(void *userdata, char *buf, size_t size)
 {
         Daemon *d = userdata;
         size_t n = sessions_capacity(d->table), watched = 0, active = 0, waiting = 0, done = 0;
+        uint64_t minute = uv_now(&d->loop) / 60000, failed = 0;
+        const char *webhook_problem = NULL, *problem_name = NULL;
+        size_t len;
 
         for (size_t k = 0; k < n; k++) {
                 const Session *rec = sessions_get(d->table, (SessionIndex)k);
@@ -690,14 +706,40 @@ static void on_notify_status(void *userdata, char *buf, size_t size)
                 else
                         active++;
         }
-        snprintf(buf, size, "%zu watched: %zu active, %zu waiting, %zu done; state %s", watched, active,
-                 waiting, done, d->state ? "ok" : "off");
-        if (d->state) {
-                StateHealth h;
+        for (unsigned m = 0; m < 60; m++)
+                if (d->failed_minute_at[m] + 60 > minute)
+                        failed += d->failed_per_minute[m];
+        for (size_t k = 0; k < d->n_sinks && !webhook_problem; k++) {
+                WebhookStats ws;
 
-                state_health(d->state, &h);
-                if (h.degraded)
-                        snprintf(buf + strlen(buf) - 2, size - (strlen(buf) - 2), "degraded");
+                if (!sink_is_webhook(d->sinks[k]))
+                        continue;
+                sink_webhook_stats(d->sinks[k], &ws);
+                problem_name = sink_webhook_name(d->sinks[k]);
+                if (ws.disabled)
+                        webhook_problem = "disabled";
+                else if (ws.outbox_degraded)
+                        webhook_problem = "outbox failing";
+                else if (ws.oldest_age_ms > 60000)
+                        webhook_problem = "behind";
+        }
+
+        len = (size_t)snprintf(buf, size, "%zu watched: %zu active, %zu waiting, %zu done; %" PRIu64
+                               " failed in the last hour; ",
+                               watched, active, waiting, done, failed);
+        if (len < size) {
+                if (webhook_problem)
+                        len += (size_t)snprintf(buf + len, size - len, "webhook '%s' %s; ", problem_name,
+                                                webhook_problem);
+                else
+                        len += (size_t)snprintf(buf + len, size - len, "webhooks ok; ");
+        }
+        if (len < size) {
+                StateHealth h = {};
+
+                if (d->state)
+                        state_health(d->state, &h);
+                snprintf(buf + len, size - len, "state %s", !d->state ? "off" : h.degraded ? "degraded" : "ok");
         }
 }
 
@@ -1337,7 +1379,9 @@ int daemon_run(const DaemonOptions *o)
         uv_signal_init(&d.loop, &d.sig_term);
         uv_signal_init(&d.loop, &d.sig_int);
         uv_signal_init(&d.loop, &d.sig_stall);
+        uv_signal_init(&d.loop, &d.sig_hup);
         d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = d.sig_stall.data = &d;
+        d.sig_hup.data = &d;
         (void)notify_init(&d.notify, &d.loop, on_notify_status, &d);
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
@@ -1351,6 +1395,7 @@ int daemon_run(const DaemonOptions *o)
         }
         uv_signal_start(&d.sig_term, on_stop_signal, SIGTERM);
         uv_signal_start(&d.sig_int, on_stop_signal, SIGINT);
+        uv_signal_start(&d.sig_hup, on_reload_signal, SIGHUP);
         if (getenv("SW_TEST_HOOKS") && strcmp(getenv("SW_TEST_HOOKS"), "1") == 0) {
                 uv_signal_start(&d.sig_stall, on_stall_signal, SIGUSR2);
                 uv_unref((uv_handle_t *)&d.sig_stall);
@@ -1466,13 +1511,206 @@ static void unwatch_session(Daemon *d, SessionIndex i)
 typedef struct ReloadReport {
         size_t added;
         size_t removed;
+        size_t webhooks_added, webhooks_removed, webhooks_changed;
+        char restart_needed[256]; /* settings changed that only a restart applies, e.g. "[api] url" */
 } ReloadReport;
+
+static bool streq_null(const char *a, const char *b)
+{
+        return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static void restart_note(ReloadReport *rep, bool changed, const char *what)
+{
+        size_t len = strlen(rep->restart_needed);
+
+        if (!changed)
+                return;
+        snprintf(rep->restart_needed + len, sizeof(rep->restart_needed) - len, "%s%s", len ? ", " : "", what);
+}
+
+/* Lists the settings a reload cannot apply (they need a restart) that differ. */
+static void reload_restart_only(const Config *old, const Config *c, ReloadReport *rep)
+{
+        restart_note(rep,
+                     !streq_null(old->api.url, c->api.url) || !streq_null(old->api.team_id, c->api.team_id) ||
+                         !streq_null(old->api.env_slug, c->api.env_slug) ||
+                         !streq_null(old->api.ca_file, c->api.ca_file) ||
+                         !streq_null(old->api.key_file, c->api.key_file) ||
+                         !streq_null(old->api.api_key, c->api.api_key) ||
+                         old->api.timeout_ms != c->api.timeout_ms ||
+                         old->api.max_connections != c->api.max_connections ||
+                         old->api.max_body != c->api.max_body,
+                     "[api]");
+        restart_note(rep, !streq_null(old->api.app_url, c->api.app_url), "[api] app-url");
+        restart_note(rep, old->poll.max_sessions != c->poll.max_sessions, "[poll] max-sessions");
+        restart_note(rep,
+                     old->watch.n_runbooks != c->watch.n_runbooks || old->watch.all != c->watch.all ||
+                         old->watch.discover_interval_ms != c->watch.discover_interval_ms ||
+                         old->watch.backfill != c->watch.backfill ||
+                         ({
+                                 bool differ = false;
+                                 for (size_t k = 0; !differ && k < c->watch.n_runbooks &&
+                                                    k < old->watch.n_runbooks;
+                                      k++)
+                                         differ = strcmp(old->watch.runbooks[k], c->watch.runbooks[k]) != 0;
+                                 differ;
+                         }),
+                     "[watch] runbook/all/discover-interval/backfill");
+        restart_note(rep,
+                     !streq_null(old->events.path, c->events.path) || old->events.mode != c->events.mode ||
+                         !streq_null(old->events.group, c->events.group) ||
+                         old->events.client_buffer != c->events.client_buffer,
+                     "[events]");
+        restart_note(rep,
+                     !streq_null(old->control.path, c->control.path) ||
+                         old->control.mode != c->control.mode || !streq_null(old->control.group, c->control.group),
+                     "[control]");
+        restart_note(rep, !streq_null(old->metrics.listen, c->metrics.listen), "[metrics]");
+        restart_note(rep, !streq_null(old->state.path, c->state.path), "[state]");
+}
+
+/* Removes sinks[k] from the array (keeping the order of the others) and
+ * closes it; held state writes stop waiting for it. */
+static void remove_sink(Daemon *d, size_t k)
+{
+        Sink *s = d->sinks[k];
+
+        for (size_t j = 0; j < d->n_persist_marks;)
+                if (d->persist_marks[j].sink == s)
+                        d->persist_marks[j] = d->persist_marks[--d->n_persist_marks];
+                else
+                        j++;
+        memmove(&d->sinks[k], &d->sinks[k + 1], (d->n_sinks - k - 1) * sizeof(Sink *));
+        d->n_sinks--;
+        sink_close(s);
+}
+
+static int append_sink(Daemon *d, Sink *s)
+{
+        Sink **sinks = realloc(d->sinks, (d->n_sinks + 1) * sizeof(Sink *));
+
+        if (!sinks)
+                return -ENOMEM;
+        d->sinks = sinks;
+        d->sinks[d->n_sinks++] = s;
+        return 0;
+}
+
+static bool sink_is_journal(const Sink *s)
+{
+        return strcmp(s->ops->name, "journal") == 0;
+}
+
+/* [journal]: switched on or off, or a new status filter. */
+static int reload_journal(Daemon *d, const Config *c)
+{
+        for (size_t k = 0; k < d->n_sinks; k++) {
+                if (!sink_is_journal(d->sinks[k]))
+                        continue;
+                if (!c->journal.enable)
+                        remove_sink(d, k);
+                else
+                        d->sinks[k]->status_mask = c->journal.statuses;
+                return 0;
+        }
+        if (c->journal.enable) {
+                Sink *s;
+                int r = sink_journal_new(c->journal.statuses, &s);
+
+                if (r < 0)
+                        return r;
+                r = append_sink(d, s);
+                if (r < 0) {
+                        sink_free(s);
+                        return r;
+                }
+        }
+        return 0;
+}
+
+/* [webhook]s, matched by name: a new name starts a sink (its outbox may hold
+ * what an earlier run left), a known one is reconfigured in place (outbox,
+ * queue and attempts in flight kept), a name no longer there is closed (its
+ * outbox file stays, for a later run that names it again). */
+static int reload_webhooks(Daemon *d, const Config *c, ReloadReport *rep)
+{
+        PersistMark *marks;
+        int r;
+
+        for (size_t k = 0; k < d->n_sinks;) {
+                Sink *s = d->sinks[k];
+                bool found = false;
+
+                if (!sink_is_webhook(s)) {
+                        k++;
+                        continue;
+                }
+                for (size_t j = 0; j < c->n_webhooks && !found; j++)
+                        found = strcmp(c->webhooks[j].name, sink_webhook_name(s)) == 0;
+                if (found) {
+                        k++;
+                        continue;
+                }
+                log_info("Webhook '%s' is no longer configured; undelivered events stay in its outbox.",
+                         sink_webhook_name(s));
+                remove_sink(d, k);
+                rep->webhooks_removed++;
+        }
+
+        marks = realloc(d->persist_marks, (c->n_webhooks + 1) * sizeof(PersistMark));
+        if (!marks)
+                return -ENOMEM;
+        d->persist_marks = marks;
+
+        for (size_t j = 0; j < c->n_webhooks; j++) {
+                SinkWebhookOptions wo = {
+                    .config = &c->webhooks[j],
+                    .state_folder = d->config->state.path,
+                    .app_url = d->config->api.app_url,
+                    .ca_file = d->config->api.ca_file,
+                };
+                Sink *s = NULL;
+
+                for (size_t k = 0; k < d->n_sinks && !s; k++)
+                        if (sink_is_webhook(d->sinks[k]) &&
+                            strcmp(sink_webhook_name(d->sinks[k]), c->webhooks[j].name) == 0)
+                                s = d->sinks[k];
+                if (s) {
+                        r = sink_webhook_reconfigure(s, &wo);
+                        if (r < 0)
+                                return r;
+                        rep->webhooks_changed++;
+                        continue;
+                }
+                if (!wo.state_folder) {
+                        log_error("Webhook '%s' needs a state folder for its outbox; not started.",
+                                  c->webhooks[j].name);
+                        return -EINVAL;
+                }
+                /* Loading the outbox blocks for a moment, as at start-up. */
+                r = sink_webhook_new(&d->loop, &wo, &s);
+                if (r < 0)
+                        return r;
+                sink_webhook_on_written(s, on_outbox_written, d);
+                r = append_sink(d, s);
+                if (r < 0) {
+                        sink_close(s);
+                        return r;
+                }
+                rep->webhooks_added++;
+        }
+        return 0;
+}
 
 /* Re-reads the config file and applies what can change at run time: the
  * [watch] session list (new ones are polled, dropped ones unwatched unless
- * they were also added at run time) and the [poll] settings. Everything
- * else keeps its value until a restart. On an invalid file nothing changes,
- * and errbuf holds its "file:line: message" lines. Returns 0 or -errno. */
+ * they were also added at run time), the [poll] settings, [api] rate-limit,
+ * [journal] and the [webhook]s. Session state, outboxes, socket clients and
+ * requests in flight are kept. Settings that only a restart applies are
+ * named in ret->restart_needed and keep their running value. On an invalid
+ * file nothing changes, and errbuf holds its "file:line: message" lines.
+ * Returns 0 or -errno. */
 static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *ret)
 {
         uint64_t now = uv_now(&d->loop);
@@ -1488,6 +1726,12 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         r = config_load(d->config->path, &env, &c, errbuf, errlen);
         if (r < 0)
                 return r;
+        if (c->n_webhooks > 0 && !d->config->state.path) {
+                snprintf(errbuf, errlen, "%s: webhooks need a state folder for their outboxes: set [state] path "
+                         "(and restart)", c->path);
+                config_free(c);
+                return -EINVAL;
+        }
 
         n = c->watch.n_sessions;
         idx = calloc(n ? n : 1, sizeof(*idx));
@@ -1537,25 +1781,104 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
                 ret->removed++;
         }
 
-        d->config->poll = c->poll;
+        reload_restart_only(d->config, c, ret);
+        if ((r = reload_journal(d, c)) < 0 || (r = reload_webhooks(d, c, ret)) < 0)
+                goto out;
+
+        /* The sections applied move into the running config; the old ones go
+         * with `c`. What needs a restart keeps its running value. */
+        {
+                size_t max_sessions = d->config->poll.max_sessions;
+                ConfigWebhook *w = d->config->webhooks;
+                size_t nw = d->config->n_webhooks;
+
+                d->config->poll = c->poll;
+                d->config->poll.max_sessions = max_sessions;
+                d->config->journal = c->journal;
+                d->config->api.rate_per_sec = c->api.rate_per_sec;
+                d->config->webhooks = c->webhooks;
+                d->config->n_webhooks = c->n_webhooks;
+                c->webhooks = w;
+                c->n_webhooks = nw;
+        }
         SchedulerOptions so = d->sched.opt;
         so.interval_ms = c->poll.interval_ms;
         so.waiting_interval_ms = c->poll.waiting_interval_ms;
         so.jitter_percent = c->poll.jitter_percent;
         so.backoff_max_ms = c->poll.backoff_max_ms;
-        scheduler_set_options(&d->sched, &so);
+        so.rate_per_sec = c->api.rate_per_sec;
+        {
+                uint64_t old_interval = d->sched.opt.interval_ms, old_waiting = d->sched.opt.waiting_interval_ms;
+
+                scheduler_set_options(&d->sched, &so);
+                /* Shorter intervals apply at once: a poll planned further out
+                 * than the new interval is brought forward (spread over it). */
+                if (so.interval_ms < old_interval || so.waiting_interval_ms < old_waiting)
+                        for (k = 0; k < sessions_capacity(d->table); k++) {
+                                Session *rec = sessions_get(d->table, (SessionIndex)k);
+                                uint64_t iv = rec->status == SESSION_STATUS_WAITING ? so.waiting_interval_ms
+                                                                                   : so.interval_ms;
+
+                                if (!(rec->flags & SESSION_REMOVED) &&
+                                    scheduler_is_scheduled(&d->sched, (SessionIndex)k) &&
+                                    rec->due_ms > now + iv)
+                                        (void)scheduler_schedule(&d->sched, (SessionIndex)k,
+                                                                 now + scheduler_spread(&d->sched, iv));
+                        }
+        }
         r = 0;
-        log_info("Reloaded '%s': %zu session(s) added, %zu removed; %zu watched.", d->config->path,
-                 ret->added, ret->removed, sessions_count(d->table));
+        log_info("Reloaded '%s': %zu session(s) added, %zu removed, %zu watched; webhooks: %zu added, %zu "
+                 "removed, %zu kept.%s%s%s",
+                 d->config->path, ret->added, ret->removed, sessions_count(d->table), ret->webhooks_added,
+                 ret->webhooks_removed, ret->webhooks_changed,
+                 ret->restart_needed[0] ? " Changes to " : "", ret->restart_needed,
+                 ret->restart_needed[0] ? " take effect at the next restart." : "");
         if (!d->stopping)
                 dispatch(d);
 out:
-        if (r < 0)
+        if (r < 0 && !errbuf[0])
                 snprintf(errbuf, errlen, "%s: %s", c->path, strerror(-r));
         free(keep);
         free(idx);
         config_free(c);
         return r;
+}
+
+/* A reload asked for by SIGHUP or `sessionwatchctl reload`, told to the
+ * service manager: RELOADING=1, then READY=1 whatever the outcome; a failure
+ * stays in STATUS= until the next reload that succeeds. */
+static int reload_notified(Daemon *d, char *errbuf, size_t errlen, ReloadReport *rep)
+{
+        int r;
+
+        errbuf[0] = '\0';
+        notify_reloading(&d->notify);
+        r = daemon_reload(d, errbuf, errlen, rep);
+        if (r < 0) {
+                char status[300];
+                size_t first = strcspn(errbuf, "\n");
+
+                log_error("Reload failed, keeping the running configuration:\n%s", errbuf);
+                snprintf(status, sizeof(status), "Reload failed, running the previous configuration: %.*s",
+                         (int)(first > 250 ? 250 : first), errbuf);
+                notify_status_override(&d->notify, status, UINT64_MAX / 2);
+        } else
+                notify_status_override(&d->notify, "", 0);
+        notify_ready(&d->notify);
+        return r;
+}
+
+/* SIGHUP, on the loop thread. */
+static void on_reload_signal(uv_signal_t *h, int signum)
+{
+        Daemon *d = h->data;
+        char errbuf[4096];
+        ReloadReport rep;
+
+        if (d->stopping)
+                return;
+        log_info("Received %s, reloading '%s'.", strsignal(signum), d->config->path);
+        (void)reload_notified(d, errbuf, sizeof(errbuf), &rep);
 }
 
 static json_object *json_string_or_null(const char *s)
@@ -1851,17 +2174,20 @@ static json_object *cmd_reload(void *userdata, json_object *req)
 
         if (d->stopping)
                 return control_reply_error(CONTROL_ERROR_FAILED, "The daemon is stopping.");
-        r = daemon_reload(d, errbuf, sizeof(errbuf), &rep);
-        if (r < 0) {
-                log_error("Reload failed, keeping the running configuration:\n%s", errbuf);
+        r = reload_notified(d, errbuf, sizeof(errbuf), &rep);
+        if (r < 0)
                 return control_reply_error(CONTROL_ERROR_FAILED, "%s", errbuf);
-        }
         o = control_reply_ok();
         if (o) {
                 json_object_object_add(o, "added", json_object_new_int64((int64_t)rep.added));
                 json_object_object_add(o, "removed", json_object_new_int64((int64_t)rep.removed));
                 json_object_object_add(o, "watched",
                                        json_object_new_int64((int64_t)sessions_count(d->table)));
+                json_object_object_add(o, "webhooksAdded", json_object_new_int64((int64_t)rep.webhooks_added));
+                json_object_object_add(o, "webhooksRemoved",
+                                       json_object_new_int64((int64_t)rep.webhooks_removed));
+                json_object_object_add(o, "restartNeeded",
+                                       rep.restart_needed[0] ? json_object_new_string(rep.restart_needed) : NULL);
         }
         return o;
 }
@@ -1943,15 +2269,29 @@ static const ControlCommand control_commands[] = {
 static int setup_sockets(Daemon *d)
 {
         const ConfigSocket *ev = &d->config->events, *ct = &d->config->control;
-        int r;
+        ListenFds lfds;
+        int r, ev_fd, ct_fd;
 
-        if (!ev->path)
+        /* Sockets passed by the service manager (sessionwatchd.socket) are
+         * used as they are; the config's paths then only name them. */
+        r = listenfds_collect(&lfds);
+        if (r < 0)
+                return r;
+        ev_fd = listenfds_take(&lfds, "events");
+        ct_fd = listenfds_take(&lfds, "control");
+        listenfds_done(&lfds);
+        if (ev_fd >= 0)
+                log_info("Using the event stream socket passed by the service manager.");
+        if (ct_fd >= 0)
+                log_info("Using the control socket passed by the service manager.");
+
+        if (!ev->path && ev_fd < 0)
                 log_notice(
                     "No [events] path and no $RUNTIME_DIRECTORY: running without the event stream socket.");
         else {
                 SinkSocketOptions so = {
                     .path = ev->path,
-                    .fd = -1,
+                    .fd = ev_fd,
                     .mode = ev->mode,
                     .group = ev->group,
                     .client_buffer = ev->client_buffer,
@@ -1972,13 +2312,13 @@ static int setup_sockets(Daemon *d)
                 d->stream = s;
         }
 
-        if (!ct->path)
+        if (!ct->path && ct_fd < 0)
                 log_notice(
                     "No [control] path and no $RUNTIME_DIRECTORY: running without the control socket.");
         else {
                 ControlOptions co = {
                     .path = ct->path,
-                    .fd = -1,
+                    .fd = ct_fd,
                     .mode = ct->mode,
                     .group = ct->group,
                     .commands = control_commands,

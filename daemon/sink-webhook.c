@@ -1,3 +1,4 @@
+#include <assert.h>
 /* The webhook sink: the outbox (durability, bounded memory), delivery
  * (per-session order, in-flight bound, retries, drops, 410) and signing.
  *
@@ -332,6 +333,71 @@ static void on_outbox_ready(void *userdata)
         dispatch(w);
         if (w->written_cb)
                 w->written_cb(w->written_userdata);
+}
+
+int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *o)
+{
+        WebhookSink *w = (WebhookSink *)s;
+        const ConfigWebhook *c = o->config;
+        WebhookKey *keys = NULL;
+        char *url, *app_url = NULL;
+        int r;
+
+        assert(strcmp(c->name, w->name) == 0);
+        /* Everything that can fail comes first: a failure changes nothing. */
+        if (c->n_secret_files > 0) {
+                keys = calloc(c->n_secret_files, sizeof(WebhookKey));
+                if (!keys)
+                        return -ENOMEM;
+                for (size_t k = 0; k < c->n_secret_files; k++) {
+                        r = webhook_key_from_secret(c->secrets[k], &keys[k]);
+                        if (r < 0) {
+                                log_error("Webhook '%s': the secret in '%s' is not a Standard Webhooks secret "
+                                          "(whsec_ + base64).",
+                                          w->name, c->secret_files[k]);
+                                explicit_bzero(keys, c->n_secret_files * sizeof(WebhookKey));
+                                free(keys);
+                                return r;
+                        }
+                }
+        }
+        url = strdup(c->url);
+        if (o->app_url)
+                app_url = strdup(o->app_url);
+        if (!url || (o->app_url && !app_url)) {
+                free(url);
+                free(app_url);
+                if (keys)
+                        explicit_bzero(keys, c->n_secret_files * sizeof(WebhookKey));
+                free(keys);
+                return -ENOMEM;
+        }
+
+        /* Attempts in flight keep what they were started with (libcurl
+         * copied the URL, the headers are their own). */
+        if (w->keys)
+                explicit_bzero(w->keys, w->n_keys * sizeof(WebhookKey));
+        free(w->keys);
+        w->keys = keys;
+        w->n_keys = c->n_secret_files;
+        free(w->url);
+        w->url = url;
+        free(w->app_url);
+        w->app_url = app_url;
+        w->sink.status_mask = c->statuses;
+        w->format = c->format;
+        w->timeout_ms = c->timeout_ms;
+        w->retry_min_ms = c->retry_min_ms;
+        w->retry_max_ms = c->retry_max_ms;
+        w->max_age_ms = c->max_age_ms;
+        w->max_in_flight = c->max_in_flight ? c->max_in_flight : 1;
+        if (w->disabled) {
+                log_notice("Webhook '%s' is enabled again by the reload.", w->name);
+                w->disabled = false;
+        }
+        if (!w->closing)
+                dispatch(w);
+        return 0;
 }
 
 static const SinkOps webhook_ops;

@@ -51,6 +51,13 @@ typedef struct SinkWebhookOptions {
  * next start. */
 int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *options, Sink **ret);
 
+/* Applies a new [webhook] section of the same name (a reload): URL,
+ * secrets, statuses, format, timeouts, retries, max-age, max-in-flight (the
+ * connection cap stays as created). The outbox and what is queued stay; a
+ * webhook disabled by 410 is enabled again. Returns 0, or -EINVAL for a
+ * secret that does not decode or -ENOMEM, and then changes nothing. */
+int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *options);
+
 /* The name of the [webhook "NAME"] section. */
 const char *sink_webhook_name(const Sink *s);
 

@@ -45,7 +45,7 @@ class NotifyTest(unittest.TestCase):
         swtest.wait_until(lambda: all(self.sim.counters(session=f"ses_sd{n}", times=False)["sessions"]
                                       .get(f"ses_sd{n}", {}).get("count", 0) > 0 for n in range(3)))
         # The summary follows the sessions: one of them goes Waiting.
-        self.notify.wait_for("STATUS", "3 watched: 2 active, 1 waiting, 0 done; state ok", timeout=15)
+        self.notify.wait_for("STATUS", "3 watched: 2 active, 1 waiting, 0 done; 0 failed in the last hour; webhooks ok; state ok", timeout=15)
         statuses = [m for m in self.notify.snapshot() if "STATUS" in m and len(m) == 3]
         gaps = [b["_time"] - a["_time"] for a, b in zip(statuses, statuses[1:])]
         self.assertTrue(all(g >= 0.5 for g in gaps), gaps)  # refreshes come from a 1 s timer
@@ -83,6 +83,189 @@ class NotifyTest(unittest.TestCase):
         time.sleep(1)
         self.assertEqual(self.notify.with_key("WATCHDOG"), [])
         d.stop()
+
+
+SECRET = "whsec_" + __import__("base64").b64encode(b"reload test webhook secret key!!").decode()
+
+
+class ReloadTest(unittest.TestCase):
+    """SIGHUP and `sessionwatchctl reload`: RELOADING=1 with MONOTONIC_USEC,
+    then READY=1; sessions, webhooks and settings applied without losing
+    session state, socket clients or events; an invalid file changes
+    nothing and says where it is wrong in the log and in STATUS=."""
+
+    def setUp(self):
+        self.tmp = swtest.temp_dirs(self)
+        self.ids = {name: f"ses_rl_{name}" for name in ("a", "b", "c")}
+        sessions = [swtest.sim_session(sid, [[0, "Active"]]) for sid in self.ids.values()]
+        self.sim = swtest.ApiSim(self.tmp, scenario={"sessions": sessions})
+        self.sim.start()
+        self.addCleanup(self.sim.stop)
+        self.notify = NotifySocket(os.path.join(self.tmp.root, "notify.sock"))
+        self.addCleanup(self.notify.close)
+
+    def config(self, watch, interval="100ms", webhooks=None, extra=None):
+        config = swtest.Daemon.basic_config(self.sim.url, sessions=[self.ids[n] for n in watch],
+                                            extra={"poll": {"interval": interval, "waiting-interval": interval},
+                                                   **(extra or {})})
+        for name, url in (webhooks or {}).items():
+            secret = os.path.join(self.tmp.conf, f"{name}.secret")
+            with open(secret, "w") as f:
+                f.write(SECRET + "\n")
+            config[("webhook", name)] = {"url": url, "secret-file": secret, "retry-min": "50ms",
+                                         "retry-max": "200ms"}
+        return config
+
+    def write_config(self, daemon, config):
+        with open(daemon.config_path, "w") as f:
+            f.write(daemon.expand(swtest.render_ini({**config, "api": {**config["api"],
+                                                                        "key-file": "@KEY_FILE@"}})))
+
+    def polls(self, name):
+        sid = self.ids[name]
+        return self.sim.counters(session=sid, times=False)["sessions"].get(sid, {}).get("count", 0)
+
+    def start(self, config):
+        d = swtest.Daemon(self.tmp, config, print_events=True, env=self.notify.env())
+        d.start()
+        self.addCleanup(d.stop)
+        self.notify.wait_for("READY", "1")
+        return d
+
+    def reload_signal(self, d):
+        before = len(self.notify.with_key("READY", "1"))
+        sent = time.monotonic()
+        os.kill(d.popen.pid, signal.SIGHUP)
+        ready = self.notify.wait_for("READY", "1", count=before + 1)[-1]
+        reloading = [m for m in self.notify.with_key("RELOADING", "1") if m["_time"] >= sent - 0.01]
+        self.assertEqual(len(reloading), 1, self.notify.snapshot())
+        self.assertLessEqual(reloading[0]["_time"], ready["_time"])
+        # MONOTONIC_USEC is CLOCK_MONOTONIC, the clock of time.monotonic().
+        usec = int(reloading[0]["MONOTONIC_USEC"])
+        self.assertLess(abs(usec / 1e6 - reloading[0]["_time"]), 5)
+        return ready
+
+    def test_sighup_applies_sessions_webhooks_and_settings(self):
+        from test_stream import StreamReader
+        from webhook_receiver import WebhookReceiver
+
+        rx = WebhookReceiver(secrets=(SECRET,)).register(self).start()
+        d = self.start(self.config(["a", "b"], interval="2s"))
+        swtest.wait_until(lambda: self.polls("a") > 0 and self.polls("b") > 0)
+        d.wait_for_events(count=2)
+        stream = StreamReader(d.events_socket)
+        self.addCleanup(stream.close)
+        swtest.wait_until(lambda: any(o.get("type") == "sessionwatch.stream.live" for o in stream.objects()))
+
+        self.write_config(d, self.config(["a", "c"], interval="100ms", webhooks={"hook": rx.url}))
+        ready = self.reload_signal(d)
+        self.assertRegex(ready["STATUS"], r"^2 watched: ")
+        self.assertIn("Reloaded", d.stderr_text())
+
+        # C is polled, B no more; the new interval shows in A's poll count.
+        swtest.wait_until(lambda: self.polls("c") > 0)
+        b_after = self.polls("b")
+        a_after = self.polls("a")
+        time.sleep(1.5)
+        self.assertLessEqual(self.polls("b"), b_after + 1)  # at most one that was in flight
+        self.assertGreaterEqual(self.polls("a"), a_after + 5)
+
+        # A change after the reload reaches stdout, the stream client that
+        # was connected before, and the webhook added by the reload; no
+        # event is repeated.
+        self.sim.set_status(self.ids["a"], "Failed")
+        failed = d.wait_for_event(lambda e: e["subject"] == self.ids["a"] and e["data"]["status"] == "Failed")
+        swtest.wait_until(lambda: failed["id"] in [o.get("id") for o in stream.objects()])
+        swtest.wait_until(lambda: failed["id"] in rx.delivered_ids(), timeout=15)
+        self.assertFalse(stream.eof)
+        ids = [e["id"] for e in d.events()]
+        self.assertEqual(len(ids), len(set(ids)), ids)
+        self.assertEqual(sorted(e["subject"] for e in d.events() if e["data"]["previousStatus"] is None),
+                         sorted(self.ids[n] for n in "abc"))
+
+        # Removing the webhook again closes it; its outbox stays.
+        self.write_config(d, self.config(["a", "c"], interval="100ms"))
+        self.reload_signal(d)
+        self.assertIn("Webhook 'hook' is no longer configured", d.stderr_text())
+        self.assertTrue(os.path.exists(os.path.join(self.tmp.state, "outbox-hook")))
+        d.stop()
+        swtest.assert_exit(d.returncode, 0, d)
+
+    def test_invalid_config_on_reload_keeps_the_old_one(self):
+        d = self.start(self.config(["a"]))
+        swtest.wait_until(lambda: self.polls("a") > 0)
+        with open(d.config_path) as f:
+            good = f.read()
+        lines = good.splitlines()
+        lines.insert(3, "no-such-key = 1")
+        with open(d.config_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        ready = self.reload_signal(d)
+        where = f"{d.config_path}:4"
+        self.assertIn("Reload failed", ready["STATUS"])
+        self.assertIn(where, ready["STATUS"])
+        swtest.wait_until(lambda: where in d.stderr_text())
+        # Still polling with the old config, and the failure stays shown.
+        count = self.polls("a")
+        swtest.wait_until(lambda: self.polls("a") > count + 3)
+        time.sleep(1.2)
+        self.assertIn("Reload failed", self.notify.with_key("STATUS")[-1]["STATUS"])
+
+        # sessionwatchctl reload says the same, with exit 1.
+        done = d.ctl("reload")
+        self.assertEqual(done.returncode, 1, done)
+        self.assertIn(where, done.stderr + done.stdout)
+
+        with open(d.config_path, "w") as f:
+            f.write(good)
+        done = d.ctl("reload")
+        self.assertEqual(done.returncode, 0, done)
+        swtest.wait_until(lambda: self.notify.with_key("STATUS")[-1]["STATUS"].startswith("1 watched"))
+        d.stop()
+        swtest.assert_exit(d.returncode, 0, d)
+
+
+class SocketActivationTest(unittest.TestCase):
+    """The event and control sockets passed the way systemd passes them
+    (LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES), here by
+    systemd-socket-activate: the daemon serves them instead of binding its
+    own, and leaves the files alone."""
+
+    def test_sockets_passed_by_the_service_manager(self):
+        tmp = swtest.temp_dirs(self)
+        sim = swtest.ApiSim(tmp, scenario={"sessions": [swtest.sim_session("ses_act", [[0, "Active"]])]})
+        sim.start()
+        self.addCleanup(sim.stop)
+        notify = NotifySocket(os.path.join(tmp.root, "notify.sock"))
+        self.addCleanup(notify.close)
+        events = os.path.join(tmp.run, "events.sock")
+        control = os.path.join(tmp.run, "control.sock")
+        config = swtest.Daemon.basic_config(sim.url, sessions=["ses_act"],
+                                            extra={"poll": {"interval": "100ms"}})
+        d = swtest.Daemon(tmp, config, print_events=True,
+                          wrapper=("systemd-socket-activate", "-l", events, "-l", control,
+                                   "--fdname=events:control", "-E", "NOTIFY_SOCKET"),
+                          env=notify.env())
+        d.start()
+        self.addCleanup(d.stop)
+        swtest.wait_until(lambda: os.path.exists(events) and os.path.exists(control))
+        inodes = (os.stat(events).st_ino, os.stat(control).st_ino)
+        # The first connection makes systemd-socket-activate start the daemon.
+        reply = d.request({"command": "status"}, timeout=20)
+        self.assertTrue(reply["ok"], reply)
+        notify.wait_for("READY", "1")
+        d.wait_for_events(count=1)
+        from test_stream import StreamReader
+        stream = StreamReader(events)
+        self.addCleanup(stream.close)
+        swtest.wait_until(lambda: any(o.get("subject") == "ses_act" for o in stream.objects()))
+        self.assertIn("Using the event stream socket passed by the service manager.", d.stderr_text())
+        self.assertIn("Using the control socket passed by the service manager.", d.stderr_text())
+        self.assertEqual((os.stat(events).st_ino, os.stat(control).st_ino), inodes)
+        d.stop()
+        swtest.assert_exit(d.returncode, 0, d)
+        # Not bound by the daemon, so not removed by it either.
+        self.assertTrue(os.path.exists(events) and os.path.exists(control))
 
 
 if __name__ == "__main__":

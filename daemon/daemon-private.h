@@ -12,6 +12,7 @@
 #include "httpmux.h"
 #include "log.h"
 #include "notify.h"
+#include "runbooks.h"
 #include "scheduler.h"
 #include "sessions.h"
 #include "sink.h"
@@ -83,6 +84,7 @@ struct Daemon {
         uv_timer_t stop_timer;
         uv_signal_t sig_term, sig_int;
         uv_signal_t sig_hup;
+        Runbooks runbooks; /* the runbook of each session, once known */
         /* Failed transitions per minute over the last hour, for STATUS=:
          * slot m counts minute failed_minute_at[m] (uv_now() / 60000). */
         uint32_t failed_per_minute[60];

@@ -298,6 +298,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
          * authority on what a valid session is. */
         if (decode_session_quick(resp->body, resp->body_len, &q) == 0 && q.id_len == rec->id_len &&
             q.status_raw_len <= STATUS_MAX && memcmp(q.id, id, q.id_len) == 0 &&
+            runbooks_of(&d->runbooks, i) != 0 &&
             sessions_peek(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us) !=
                 OBSERVE_TRANSITION) {
                 d->stats.quick_decodes++;
@@ -319,6 +320,8 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 goto bad;
         }
 
+        if (!snap.runbook_id || runbooks_set(&d->runbooks, i, snap.runbook_id, strlen(snap.runbook_id)) < 0)
+                (void)runbooks_set_none(&d->runbooks, i);
         (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
         if (obs.result == OBSERVE_TRANSITION) {
                 Event e;
@@ -919,6 +922,7 @@ static int on_state_removed(void *userdata, const char *id, size_t len)
                     ~(SESSION_DYNAMIC | SESSION_SEEN | SESSION_REPLAY | SESSION_GONE);
                 return 0;
         }
+        runbooks_forget(&d->runbooks, i);
         sessions_remove(d->table, i);
         return 0;
 }
@@ -1203,6 +1207,8 @@ static void on_discovered_session(void *userdata, const SessionSnapshot *snap, b
         rec = sessions_get(d->table, i);
         if (rec->flags & SESSION_GONE)
                 return;
+        if (snap->runbook_id)
+                (void)runbooks_set(&d->runbooks, i, snap->runbook_id, strlen(snap->runbook_id));
         before_us = rec->updated_at_us;
         (void)sessions_observe(d->table, i, snap->status_raw, snap->status_raw_len, snap->updated_at_us,
                                &obs);
@@ -1267,7 +1273,8 @@ static void retire_sessions(Daemon *d)
                                 continue;
                         }
                 }
-                sessions_remove(d->table, i);
+                runbooks_forget(&d->runbooks, i);
+        sessions_remove(d->table, i);
                 retired++;
         }
         if (retired > 0)
@@ -1333,6 +1340,7 @@ static void log_discovery_stats(const Daemon *d)
 
 static void daemon_free(Daemon *d)
 {
+        runbooks_done(&d->runbooks);
         free(d->persist_wait.v);
         free(d->persist_next.v);
         free(d->persist_marks);
@@ -1505,6 +1513,7 @@ static void unwatch_session(Daemon *d, SessionIndex i)
                         log_error_errno(r, "Failed to record that session '%s' is unwatched: %m", id);
         }
         scheduler_unschedule(&d->sched, i);
+        runbooks_forget(&d->runbooks, i);
         sessions_remove(d->table, i);
 }
 
@@ -1889,6 +1898,37 @@ static json_object *json_string_or_null(const char *s)
 /* What the webhook sink reports about its queues; none on this branch yet. */
 static void status_add_webhooks(Daemon *d, json_object *list)
 {
+        for (size_t k = 0; k < d->n_sinks; k++) {
+                json_object *o, *failures;
+                WebhookStats ws;
+
+                if (!sink_is_webhook(d->sinks[k]))
+                        continue;
+                sink_webhook_stats(d->sinks[k], &ws);
+                o = json_object_new_object();
+                failures = json_object_new_object();
+                if (!o || !failures) {
+                        json_object_put(o);
+                        json_object_put(failures);
+                        return;
+                }
+                json_object_object_add(o, "name", json_object_new_string(sink_webhook_name(d->sinks[k])));
+                json_object_object_add(o, "state",
+                                       json_object_new_string(ws.disabled          ? "disabled"
+                                                              : ws.outbox_degraded ? "outbox-failing"
+                                                                                   : "ok"));
+                json_object_object_add(o, "queued", json_object_new_int64((int64_t)ws.queue_depth));
+                json_object_object_add(o, "inFlight", json_object_new_int64((int64_t)ws.in_flight));
+                json_object_object_add(o, "oldestAgeSeconds", json_object_new_double(ws.oldest_age_ms / 1000.0));
+                json_object_object_add(o, "attempts", json_object_new_int64((int64_t)ws.attempts));
+                json_object_object_add(o, "delivered", json_object_new_int64((int64_t)ws.successes));
+                json_object_object_add(o, "dropped", json_object_new_int64((int64_t)ws.drops));
+                for (int f = 0; f < _WEBHOOK_FAILURE_MAX; f++)
+                        json_object_object_add(failures, webhook_failure_to_string(f),
+                                               json_object_new_int64((int64_t)ws.failures[f]));
+                json_object_object_add(o, "failures", failures);
+                json_object_array_add(list, o);
+        }
 }
 
 static json_object *cmd_status(void *userdata, json_object *req)
@@ -1985,6 +2025,7 @@ static json_object *cmd_list(void *userdata, json_object *req)
         json_object *status, *runbook, *limit_o, *cursor_o, *o, *list;
         int64_t limit = CONTROL_LIST_DEFAULT_LIMIT, cursor = 0;
         size_t n = sessions_capacity(d->table), k, scanned = 0, found = 0;
+        uint32_t runbook_wanted = 0;
 
         if (!get_member(req, "status", json_type_string, &status) ||
             !get_member(req, "runbook", json_type_string, &runbook) ||
@@ -1993,10 +2034,13 @@ static json_object *cmd_list(void *userdata, json_object *req)
                 return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
                                            "'list' takes optional 'status' and 'runbook' strings and "
                                            "'limit' and 'cursor' integers.");
-        if (runbook)
-                return control_reply_error(CONTROL_ERROR_UNSUPPORTED,
-                                           "The runbook filter needs discovery: this daemon does not keep "
-                                           "the runbook of a session.");
+        if (runbook) {
+                const char *rb = json_object_get_string(runbook);
+
+                runbook_wanted = runbooks_find(&d->runbooks, rb, strlen(rb));
+                if (runbook_wanted == 0) /* never seen: nothing matches */
+                        cursor_o = NULL, n = 0;
+        }
         if (limit_o)
                 limit = json_object_get_int64(limit_o);
         if (cursor_o)
@@ -2026,6 +2070,8 @@ static json_object *cmd_list(void *userdata, json_object *req)
                         st = sessions_status_raw(d->table, (SessionIndex)k);
                 if (status && (!st || strcmp(st, json_object_get_string(status)) != 0))
                         continue;
+                if (runbook_wanted && runbooks_of(&d->runbooks, (SessionIndex)k) != runbook_wanted)
+                        continue;
                 e = json_object_new_object();
                 json_object_object_add(e, "id",
                                        json_object_new_string(sessions_id(d->table, (SessionIndex)k)));
@@ -2035,6 +2081,8 @@ static json_object *cmd_list(void *userdata, json_object *req)
                                                format_timestamp_rfc3339(rec->updated_at_us, updated) >= 0
                                            ? json_object_new_string(updated)
                                            : NULL);
+                json_object_object_add(e, "runbook",
+                                       json_string_or_null(runbooks_name(&d->runbooks, (SessionIndex)k)));
                 json_object_object_add(e, "configured",
                                        json_object_new_boolean(rec->flags & SESSION_CONFIGURED));
                 json_object_object_add(e, "dynamic", json_object_new_boolean(rec->flags & SESSION_DYNAMIC));

@@ -319,15 +319,23 @@ static void print_status(json_object *r)
         else
                 for (size_t j = 0; j < json_object_array_length(hooks); j++) {
                         json_object *h = json_object_array_get_idx(hooks, j);
-                        print_row(j == 0 ? "Webhooks" : "", "%s: %" PRId64 " queued",
-                                  get_str(h, "name", "?"), get_int(h, "queued"));
+                        print_row(j == 0 ? "Webhooks" : "",
+                                  "%s: %s, %" PRId64 " queued (oldest %.0f s), %" PRId64 " delivered, %" PRId64
+                                  " dropped",
+                                  get_str(h, "name", "?"), get_str(h, "state", "?"), get_int(h, "queued"),
+                                  json_object_get_double(get(h, "oldestAgeSeconds")), get_int(h, "delivered"),
+                                  get_int(h, "dropped"));
                 }
 }
 
 static void print_reload(json_object *r)
 {
-        printf("Reloaded: %" PRId64 " session(s) added, %" PRId64 " removed, %" PRId64 " watched.\n",
-               get_int(r, "added"), get_int(r, "removed"), get_int(r, "watched"));
+        printf("Reloaded: %" PRId64 " session(s) added, %" PRId64 " removed, %" PRId64 " watched; %" PRId64
+               " webhook(s) added, %" PRId64 " removed.\n",
+               get_int(r, "added"), get_int(r, "removed"), get_int(r, "watched"), get_int(r, "webhooksAdded"),
+               get_int(r, "webhooksRemoved"));
+        if (get(r, "restartNeeded"))
+                printf("Changes to %s take effect at the next restart.\n", get_str(r, "restartNeeded", "?"));
 }
 
 static void print_metrics(json_object *r)
@@ -448,17 +456,18 @@ static int cmd_list(int argc, char **argv)
                 return 0;
         }
 
-        size_t n = json_object_array_length(all), w_id = 2, w_status = 6, w_updated = 7;
+        size_t n = json_object_array_length(all), w_id = 2, w_status = 6, w_updated = 7, w_runbook = 7;
         for (size_t k = 0; k < n; k++) {
                 json_object *s = json_object_array_get_idx(all, k);
                 size_t a = strlen(get_str(s, "id", "")), b = strlen(get_str(s, "status", "-")),
-                       u = strlen(get_str(s, "updatedAt", "-"));
+                       u = strlen(get_str(s, "updatedAt", "-")), rb = strlen(get_str(s, "runbook", "-"));
                 w_id = a > w_id ? a : w_id;
                 w_status = b > w_status ? b : w_status;
                 w_updated = u > w_updated ? u : w_updated;
+                w_runbook = rb > w_runbook ? rb : w_runbook;
         }
-        printf("%-*s  %-*s  %-*s  %s\n", (int)w_id, "ID", (int)w_status, "STATUS", (int)w_updated, "UPDATED",
-               "SOURCE");
+        printf("%-*s  %-*s  %-*s  %-*s  %s\n", (int)w_id, "ID", (int)w_status, "STATUS", (int)w_updated,
+               "UPDATED", (int)w_runbook, "RUNBOOK", "SOURCE");
         for (size_t k = 0; k < n; k++) {
                 json_object *s = json_object_array_get_idx(all, k);
                 char src[64];
@@ -471,8 +480,9 @@ static int cmd_list(int argc, char **argv)
                              : "",
                          json_object_get_boolean(get(s, "dynamic")) ? "watch" : "",
                          json_object_get_boolean(get(s, "gone")) ? " (gone)" : "");
-                printf("%-*s  %-*s  %-*s  %s\n", (int)w_id, get_str(s, "id", ""), (int)w_status,
-                       get_str(s, "status", "-"), (int)w_updated, get_str(s, "updatedAt", "-"), src);
+                printf("%-*s  %-*s  %-*s  %-*s  %s\n", (int)w_id, get_str(s, "id", ""), (int)w_status,
+                       get_str(s, "status", "-"), (int)w_updated, get_str(s, "updatedAt", "-"), (int)w_runbook,
+                       get_str(s, "runbook", "-"), src);
         }
         printf("%zu session(s)\n", n);
         json_object_put(all);

@@ -32,7 +32,9 @@ class ControlTest(unittest.TestCase):
     # -- helpers ---------------------------------------------------------------
 
     def start_sim(self, ids):
-        sessions = [swtest.sim_session(sid, [(0, "Active")]) for sid in ids]
+        # ses_two belongs to another runbook, for `list --runbook`.
+        sessions = [swtest.sim_session(sid, [(0, "Active")], runbook_id="rbk_other" if sid == "ses_two" else "rbk_test")
+                    for sid in ids]
         return swtest.ApiSim(self.tmp, scenario={"sessions": sessions}).register(self).start()
 
     def config(self, sim, ids, control=None):
@@ -116,14 +118,20 @@ class ControlTest(unittest.TestCase):
         self.assertTrue(all(s["status"] == "Active" and s["configured"] for s in listed["sessions"]))
         self.assertEqual(daemon.ctl_json("list", "--status", "Failed")["sessions"], [])
         text = self.assert_ok(daemon.ctl("list", "--status", "Active"), "list").stdout.splitlines()
-        self.assertRegex(text[0], r"^ID +STATUS +UPDATED +SOURCE$")
+        self.assertRegex(text[0], r"^ID +STATUS +UPDATED +RUNBOOK +SOURCE$")
         self.assertEqual(len(text), 1 + 3 + 1)
         # Columns line up: every row has STATUS where the header has it.
         column = text[0].index("STATUS")
         self.assertTrue(all(row[column:].startswith("Active") for row in text[1:4]), text)
-        done = daemon.ctl("list", "--runbook", "rbk_test")
-        self.assertEqual(done.returncode, 1)
-        self.assertIn("unsupported", done.stderr)
+        by_runbook = daemon.ctl_json("list", "--runbook", "rbk_test")["sessions"]
+        self.assertEqual(sorted(s["id"] for s in by_runbook), ["ses_one", "ses_three"])
+        self.assertTrue(all(s["runbook"] == "rbk_test" for s in by_runbook))
+        self.assertEqual([s["id"] for s in daemon.ctl_json("list", "--runbook", "rbk_other")["sessions"]],
+                         ["ses_two"])
+        self.assertEqual(daemon.ctl_json("list", "--runbook", "rbk_none")["sessions"], [])
+        self.assertEqual(daemon.ctl_json("list", "--runbook", "rbk_other", "--status", "Failed")["sessions"], [])
+        text = self.assert_ok(daemon.ctl("list", "--runbook", "rbk_other"), "list").stdout.splitlines()
+        self.assertRegex(text[1], r"^ses_two +Active +\S+ +rbk_other +config$")
 
         watched = daemon.ctl_json("watch", "ses_four", "ses_one")
         self.assertEqual(watched["added"], ["ses_four"])
@@ -136,9 +144,9 @@ class ControlTest(unittest.TestCase):
         self.assertEqual(unwatched, {"ok": True, "removed": ["ses_four"], "unknown": []})
 
         reloaded = daemon.ctl_json("reload")
-        self.assertEqual(reloaded, {"ok": True, "added": 0, "removed": 0, "watched": 3})
+        self.assertEqual(reloaded, {"ok": True, "added": 0, "removed": 0, "watched": 3, "webhooksAdded": 0, "webhooksRemoved": 0, "restartNeeded": None})
         self.assertEqual(self.assert_ok(daemon.ctl("reload"), "reload").stdout,
-                         "Reloaded: 0 session(s) added, 0 removed, 3 watched.\n")
+                         "Reloaded: 0 session(s) added, 0 removed, 3 watched; 0 webhook(s) added, 0 removed.\n")
 
         metrics = daemon.ctl_json("metrics")["text"]
         self.assertEqual(self.assert_ok(daemon.ctl("metrics"), "metrics").stdout.split("\n")[:2],

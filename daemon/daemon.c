@@ -235,11 +235,13 @@ static void persist_release(Daemon *d, bool all)
                         d->persist_armed = false;
                         return;
                 }
-                qsort(d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index);
+                if (d->persist_next.n > 0)
+                        qsort(d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index);
                 for (size_t k = 0; k < d->persist_wait.n; k++) {
                         SessionIndex i = d->persist_wait.v[k];
 
-                        if (!bsearch(&i, d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index))
+                        if (d->persist_next.n == 0 ||
+                            !bsearch(&i, d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index))
                                 persist_now(d, i);
                 }
                 d->persist_wait.n = 0;

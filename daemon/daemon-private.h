@@ -85,6 +85,14 @@ struct Daemon {
         uv_signal_t sig_term, sig_int;
         uv_signal_t sig_hup;
         Runbooks runbooks; /* the runbook of each session, once known */
+        /* The STATUS= counts, gathered a slice of the table per refresh so a
+         * big table never holds the loop (see on_notify_status). */
+        struct {
+                size_t cursor;
+                size_t watched, active, waiting, done; /* the pass under way */
+                size_t shown[4];                       /* the last complete pass */
+                bool complete;
+        } status_scan;
         /* Failed transitions per minute over the last hour, for STATUS=:
          * slot m counts minute failed_minute_at[m] (uv_now() / 60000). */
         uint32_t failed_per_minute[60];

@@ -688,29 +688,48 @@ static void on_stall_signal(uv_signal_t *s, int signum)
 
 /* The STATUS= line: what is watched, what failed lately, how the sinks and
  * the state file are. */
+/* Sessions counted per STATUS= refresh: a table of a million is counted
+ * over about 16 refreshes (seconds) at well under a millisecond each. */
+#define STATUS_SCAN_SLICE 65536
+
 static void on_notify_status(void *userdata, char *buf, size_t size)
 {
         Daemon *d = userdata;
-        size_t n = sessions_capacity(d->table), watched = 0, active = 0, waiting = 0, done = 0;
+        size_t n = sessions_capacity(d->table), watched, active, waiting, done;
         uint64_t minute = uv_now(&d->loop) / 60000, failed = 0;
         const char *webhook_problem = NULL, *problem_name = NULL;
-        size_t len;
+        size_t len, end;
 
-        for (size_t k = 0; k < n; k++) {
-                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+        /* The first pass is made whole, so READY=1 comes with true counts. */
+        end = d->status_scan.complete ? d->status_scan.cursor + STATUS_SCAN_SLICE : n;
+        for (; d->status_scan.cursor < n && d->status_scan.cursor < end; d->status_scan.cursor++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)d->status_scan.cursor);
 
                 if (rec->flags & SESSION_REMOVED)
                         continue;
-                watched++;
+                d->status_scan.watched++;
                 if (!(rec->flags & SESSION_SEEN))
                         continue;
                 if (session_status_is_terminal(rec->status) || (rec->flags & SESSION_GONE))
-                        done++;
+                        d->status_scan.done++;
                 else if (rec->status == SESSION_STATUS_WAITING)
-                        waiting++;
+                        d->status_scan.waiting++;
                 else
-                        active++;
+                        d->status_scan.active++;
         }
+        if (d->status_scan.cursor >= n) {
+                d->status_scan.shown[0] = d->status_scan.watched;
+                d->status_scan.shown[1] = d->status_scan.active;
+                d->status_scan.shown[2] = d->status_scan.waiting;
+                d->status_scan.shown[3] = d->status_scan.done;
+                d->status_scan.complete = true;
+                d->status_scan.cursor = d->status_scan.watched = d->status_scan.active = 0;
+                d->status_scan.waiting = d->status_scan.done = 0;
+        }
+        watched = d->status_scan.shown[0];
+        active = d->status_scan.shown[1];
+        waiting = d->status_scan.shown[2];
+        done = d->status_scan.shown[3];
         for (unsigned m = 0; m < 60; m++)
                 if (d->failed_minute_at[m] + 60 > minute)
                         failed += d->failed_per_minute[m];

@@ -11,6 +11,8 @@
 #include "discovery.h"
 #include "httpmux.h"
 #include "log.h"
+#include "metrics-http.h"
+#include "metrics.h"
 #include "notify.h"
 #include "runbooks.h"
 #include "scheduler.h"
@@ -41,6 +43,8 @@ typedef struct PollSlot {
         uint32_t next_free;
         bool busy;      /* taken by a poll in flight */
         bool cancelled; /* its session was unwatched meanwhile: the answer is dropped */
+        /* CLOCK_MONOTONIC when the request was started (poll duration). */
+        uint64_t start_usec;
 } PollSlot;
 
 /* Event latency, from a response's completion to its event having been
@@ -119,4 +123,40 @@ struct Daemon {
         Sink *stream;           /* also in sinks[]; NULL without [events] path */
         ControlServer *control; /* NULL without [control] path */
         uint64_t start_usec;
+
+        /* Metrics (daemon-metrics.c). */
+        MetricsHttp *metrics_http; /* NULL without [metrics] listen */
+        MetricsHistogram poll_duration;
+        uint64_t transitions_by_status[_SESSION_STATUS_MAX];
+        uint64_t rate_limit_pauses; /* 429 answers to polls that started or extended the hold */
 };
+
+/* ---- daemon-metrics.c ---- */
+
+/* Session counts: [status] for seen ones, plus unseen and gone. */
+typedef struct SessionCounts {
+        size_t by_status[_SESSION_STATUS_MAX];
+        size_t unseen;
+        size_t gone;
+        size_t total;
+} SessionCounts;
+
+void daemon_count_sessions(Daemon *d, SessionCounts *ret);
+
+/* The daemon's counters in the Prometheus text format: what both the HTTP
+ * endpoint and the control socket's `metrics` command return. */
+void daemon_metrics(Daemon *d, MetricsText *m);
+
+/* Counts a poll's duration, from the start of its request to its
+ * completion (both CLOCK_MONOTONIC microseconds). */
+void daemon_metrics_observe_poll(Daemon *d, uint64_t start_usec, uint64_t done_usec);
+
+/* Counts one transition emitted, by its new status. */
+void daemon_metrics_count_transition(Daemon *d, SessionStatus status);
+
+/* Starts the HTTP endpoint when [metrics] listen is set. A bind failure is
+ * logged with the address. Returns 0 or -errno. */
+int daemon_setup_metrics(Daemon *d);
+
+/* Stops the endpoint (from finish()); its handles close on the loop. */
+void daemon_close_metrics(Daemon *d);

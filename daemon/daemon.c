@@ -235,13 +235,14 @@ static void persist_release(Daemon *d, bool all)
                         d->persist_armed = false;
                         return;
                 }
+                /* qsort() and bsearch() take no NULL array, not even an empty one. */
                 if (d->persist_next.n > 0)
                         qsort(d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index);
                 for (size_t k = 0; k < d->persist_wait.n; k++) {
                         SessionIndex i = d->persist_wait.v[k];
 
-                        if (d->persist_next.n == 0 ||
-                            !bsearch(&i, d->persist_next.v, d->persist_next.n, sizeof(SessionIndex), cmp_index))
+                        if (d->persist_next.n == 0 || !bsearch(&i, d->persist_next.v, d->persist_next.n,
+                                                               sizeof(SessionIndex), cmp_index))
                                 persist_now(d, i);
                 }
                 d->persist_wait.n = 0;
@@ -334,6 +335,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 else {
                         e.replayed = obs.replayed;
                         d->stats.transitions++;
+                        daemon_metrics_count_transition(d, snap.status);
                         emit(d, &e, resp->done_usec);
                 }
                 persist(d, i);
@@ -429,6 +431,8 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
                 log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
                             " ms.",
                             wait);
+        if (now + wait > d->sched.paused_until_ms)
+                d->rate_limit_pauses++;
         scheduler_pause(&d->sched, now + wait);
         if (!d->stopping)
                 schedule_after(d, i, wait);
@@ -470,6 +474,8 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         Session *rec;
         ApiOutcome o = api_classify(resp);
 
+        if (o != API_CANCELLED)
+                daemon_metrics_observe_poll(d, slot->start_usec, resp->done_usec);
         if (slot->cancelled) {
                 /* Unwatched while in flight: the record may be reused already. */
                 slot_release(d, slot);
@@ -549,6 +555,7 @@ static void dispatch(Daemon *d)
                 }
                 slot->daemon = d;
                 slot->session = i;
+                slot->start_usec = now_usec();
                 r = api_get_session(&d->api, sessions_id(d->table, i), on_poll_done, slot);
                 if (r < 0) {
                         unsigned suppressed;
@@ -623,6 +630,7 @@ static void finish(Daemon *d)
                 control_close(d->control);
                 d->control = NULL;
         }
+        daemon_close_metrics(d);
         d->stream = NULL; /* closed with the sinks */
         close_handle(d, (uv_handle_t *)&d->tick);
         close_handle(d, (uv_handle_t *)&d->stop_timer);
@@ -1249,6 +1257,7 @@ static void on_discovered_session(void *userdata, const SessionSnapshot *snap, b
                         else {
                                 e.replayed = obs.replayed;
                                 d->stats.transitions++;
+                                daemon_metrics_count_transition(d, snap->status);
                                 emit(d, &e, done_usec);
                         }
                 }
@@ -1415,7 +1424,7 @@ int daemon_run(const DaemonOptions *o)
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
             (r = setup_discovery(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
-            (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0) {
+            (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0 || (r = daemon_setup_metrics(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -1486,35 +1495,6 @@ static int on_stream_snapshot_next(void *userdata, size_t *cursor, SinkSocketEnt
                 return 1;
         }
         return 0;
-}
-
-/* Session counts: [status] for seen ones, plus unseen and gone. */
-typedef struct SessionCounts {
-        size_t by_status[_SESSION_STATUS_MAX];
-        size_t unseen;
-        size_t gone;
-        size_t total;
-} SessionCounts;
-
-static void count_sessions(Daemon *d, SessionCounts *ret)
-{
-        size_t n = sessions_capacity(d->table);
-
-        *ret = (SessionCounts){};
-        for (size_t k = 0; k < n; k++) {
-                const Session *rec = sessions_get(d->table, (SessionIndex)k);
-
-                if (rec->flags & SESSION_REMOVED)
-                        continue;
-                ret->total++;
-                if (rec->flags & SESSION_GONE)
-                        ret->gone++;
-                if (rec->flags & SESSION_SEEN)
-                        ret->by_status[rec->status < _SESSION_STATUS_MAX ? rec->status
-                                                                         : SESSION_STATUS_UNKNOWN]++;
-                else
-                        ret->unseen++;
-        }
 }
 
 /* Stops watching session i at once: out of the scheduler, the table and
@@ -1961,7 +1941,7 @@ static json_object *cmd_status(void *userdata, json_object *req)
 
         if (!o)
                 return NULL;
-        count_sessions(d, &counts);
+        daemon_count_sessions(d, &counts);
         sessions = json_object_new_object();
         by = json_object_new_object();
         for (int k = 0; k < _SESSION_STATUS_MAX; k++)
@@ -2259,50 +2239,6 @@ static json_object *cmd_reload(void *userdata, json_object *req)
                                        rep.restart_needed[0] ? json_object_new_string(rep.restart_needed) : NULL);
         }
         return o;
-}
-
-/* The daemon's counters in the Prometheus text format. */
-static void daemon_metrics(Daemon *d, MetricsText *m)
-{
-        SessionCounts counts;
-        SinkSocketStats ss = {};
-
-        count_sessions(d, &counts);
-        if (d->stream)
-                sink_socket_stats(d->stream, &ss);
-
-        metrics_text_family(m, "sessionwatch_polls_total", "counter", "Session polls by outcome.");
-        for (int k = 0; k < _API_OUTCOME_MAX; k++)
-                metrics_text_labelled(m, "sessionwatch_polls_total", "outcome", api_outcome_to_string(k),
-                                      (double)d->stats.polls[k]);
-        metrics_text_family(m, "sessionwatch_transitions_total", "counter", "Status transitions observed.");
-        metrics_text_value(m, "sessionwatch_transitions_total", (double)d->stats.transitions);
-        metrics_text_family(m, "sessionwatch_events_total", "counter", "Events handed to the sinks.");
-        metrics_text_value(m, "sessionwatch_events_total", (double)d->stats.events);
-        metrics_text_family(m, "sessionwatch_sessions", "gauge",
-                            "Watched sessions by current status (\"unseen\": not yet observed).");
-        for (int k = 0; k < _SESSION_STATUS_MAX; k++)
-                metrics_text_labelled(m, "sessionwatch_sessions", "status", session_status_to_string(k),
-                                      (double)counts.by_status[k]);
-        metrics_text_labelled(m, "sessionwatch_sessions", "status", "unseen", (double)counts.unseen);
-        metrics_text_family(m, "sessionwatch_sessions_watched", "gauge", "Sessions in the table.");
-        metrics_text_value(m, "sessionwatch_sessions_watched", (double)counts.total);
-        metrics_text_family(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.");
-        metrics_text_value(m, "sessionwatch_requests_in_flight", (double)d->sched.in_flight);
-        metrics_text_family(m, "sessionwatch_stream_clients", "gauge", "Event stream clients connected.");
-        metrics_text_value(m, "sessionwatch_stream_clients", (double)ss.clients);
-        metrics_text_family(m, "sessionwatch_stream_connections_total", "counter",
-                            "Event stream connections accepted.");
-        metrics_text_value(m, "sessionwatch_stream_connections_total", (double)ss.connections);
-        metrics_text_family(m, "sessionwatch_stream_overflows_total", "counter",
-                            "Event stream clients cut off for not reading.");
-        metrics_text_value(m, "sessionwatch_stream_overflows_total", (double)ss.overflows);
-        metrics_text_family(m, "sessionwatch_control_connections", "gauge", "Control socket connections.");
-        metrics_text_value(m, "sessionwatch_control_connections",
-                           d->control ? (double)control_connections(d->control) : 0);
-        metrics_text_family(m, "sessionwatch_uptime_seconds", "gauge", "Seconds since the daemon started.");
-        metrics_text_value(m, "sessionwatch_uptime_seconds",
-                           (double)((now_usec() - d->start_usec) / 1000000));
 }
 
 static json_object *cmd_metrics(void *userdata, json_object *req)

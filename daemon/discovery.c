@@ -376,6 +376,8 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                 if (wait > RATE_LIMIT_MAX_MS)
                         wait = RATE_LIMIT_MAX_MS;
                 disc->counters->sweep_failures++;
+                if (now + wait > disc->sched->paused_until_ms)
+                        disc->counters->rate_limited++;
                 /* Every request would get the same answer: the pause holds
                  * polls too. The page is asked again when it ends. */
                 scheduler_pause(disc->sched, now + wait);

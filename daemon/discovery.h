@@ -54,6 +54,7 @@ typedef struct DiscoveryCounters {
         uint64_t discovered;     /* sessions added to the table by a sweep */
         uint64_t refused;        /* new sessions refused past [poll] max-sessions */
         uint64_t stalled;        /* stalled events */
+        uint64_t rate_limited;   /* 429 answers to list requests that started or extended the hold */
 } DiscoveryCounters;
 
 /* Where the next page of a sweep is read. */

@@ -156,10 +156,12 @@ int metrics_http_new(uv_loop_t *loop, const char *host, uint16_t port, metrics_r
         m->render = render;
         m->userdata = userdata;
         errno = 0;
-        m->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, m, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)METRICS_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)METRICS_CONNECTION_TIMEOUT_S,
-                                  MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, MHD_OPTION_END);
+        /* The logger goes first, so that messages about the options that
+         * follow reach it too. */
+        m->mhd = MHD_start_daemon(flags, port, NULL, NULL, on_request, m, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+                                  NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                                  (unsigned)METRICS_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+                                  (unsigned)METRICS_CONNECTION_TIMEOUT_S, MHD_OPTION_END);
         r = errno;
         freeaddrinfo(ai);
         if (!m->mhd) {

@@ -93,8 +93,15 @@ void metrics_text_sample(MetricsText *m, const char *name, const char *const *la
                 snprintf(num, sizeof(num), " %s\n", value > 0 ? "+Inf" : "-Inf");
         else if (value == floor(value) && fabs(value) < 1e15)
                 snprintf(num, sizeof(num), " %.0f\n", value);
-        else
-                snprintf(num, sizeof(num), " %.17g\n", value);
+        else {
+                /* The shortest form that reads back as the same double:
+                 * "0.1", not "0.10000000000000001". */
+                for (int digits = 15; digits <= 17; digits++) {
+                        snprintf(num, sizeof(num), " %.*g\n", digits, value);
+                        if (strtod(num, NULL) == value)
+                                break;
+                }
+        }
         puts_(m, num);
 }
 
@@ -109,4 +116,51 @@ void metrics_text_labelled(MetricsText *m, const char *name, const char *label, 
         const char *labels[2] = {label, label_value};
 
         metrics_text_sample(m, name, labels, 1, value);
+}
+
+int metrics_histogram_init(MetricsHistogram *h, const double *bounds, size_t n_bounds)
+{
+        if (n_bounds > METRICS_HISTOGRAM_BOUNDS_MAX)
+                return -EINVAL;
+        for (size_t k = 1; k < n_bounds; k++)
+                if (!(bounds[k] > bounds[k - 1]))
+                        return -EINVAL;
+        *h = (MetricsHistogram){.n_bounds = n_bounds};
+        if (n_bounds > 0)
+                memcpy(h->bounds, bounds, n_bounds * sizeof(double));
+        return 0;
+}
+
+void metrics_histogram_observe(MetricsHistogram *h, double value)
+{
+        size_t k = 0;
+
+        /* A bucket holds the values up to and including its bound ("le"). */
+        while (k < h->n_bounds && value > h->bounds[k])
+                k++;
+        h->counts[k]++;
+        h->count++;
+        h->sum += value;
+}
+
+void metrics_text_histogram(MetricsText *m, const char *name, const char *help, const MetricsHistogram *h)
+{
+        char series[256], le[32];
+        const char *labels[2] = {"le", le};
+        uint64_t cumulative = 0;
+
+        metrics_text_family(m, name, "histogram", help);
+        snprintf(series, sizeof(series), "%s_bucket", name);
+        for (size_t k = 0; k <= h->n_bounds; k++) {
+                cumulative += h->counts[k];
+                if (k < h->n_bounds)
+                        snprintf(le, sizeof(le), "%g", h->bounds[k]);
+                else
+                        snprintf(le, sizeof(le), "+Inf");
+                metrics_text_sample(m, series, labels, 1, (double)cumulative);
+        }
+        snprintf(series, sizeof(series), "%s_sum", name);
+        metrics_text_value(m, series, h->sum);
+        snprintf(series, sizeof(series), "%s_count", name);
+        metrics_text_value(m, series, (double)h->count);
 }

@@ -32,3 +32,25 @@ void metrics_text_sample(MetricsText *m, const char *name, const char *const *la
 void metrics_text_value(MetricsText *m, const char *name, double value);
 void metrics_text_labelled(MetricsText *m, const char *name, const char *label, const char *label_value,
                            double value);
+
+/* A histogram with fixed upper bounds (increasing; the +Inf bucket is
+ * implied). Observing costs a short scan and no allocation, so it can sit on
+ * every poll completion. */
+#define METRICS_HISTOGRAM_BOUNDS_MAX 16
+
+typedef struct MetricsHistogram {
+        double bounds[METRICS_HISTOGRAM_BOUNDS_MAX];
+        size_t n_bounds;
+        uint64_t counts[METRICS_HISTOGRAM_BOUNDS_MAX + 1]; /* per bucket, not cumulative; [n_bounds]: +Inf */
+        uint64_t count;
+        double sum;
+} MetricsHistogram;
+
+/* Sets the bounds (at most METRICS_HISTOGRAM_BOUNDS_MAX, increasing) and
+ * clears the counts. Returns 0 or -EINVAL. */
+int metrics_histogram_init(MetricsHistogram *h, const double *bounds, size_t n_bounds);
+void metrics_histogram_observe(MetricsHistogram *h, double value);
+
+/* The whole family: HELP, TYPE histogram, the cumulative name_bucket{le=...}
+ * samples, name_sum and name_count. */
+void metrics_text_histogram(MetricsText *m, const char *name, const char *help, const MetricsHistogram *h);

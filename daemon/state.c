@@ -733,6 +733,8 @@ typedef struct Job {
 
         bool done;    /* the worker is finished (under State.lock) */
         bool applied; /* the results were taken in (loop thread) */
+        /* How long the worker spent on it (for the metrics). */
+        uint64_t run_us;
 } Job;
 
 struct State {
@@ -798,6 +800,8 @@ struct State {
         uint64_t last_compaction_records;
         uint64_t longest_chunk_us;
         int64_t last_write_realtime_us;
+        uint64_t write_jobs;     /* jobs taken in from the threadpool */
+        uint64_t write_us_total; /* their summed durations */
 
         char corrupt_path[PATH_MAX];
         char corrupt_reason[128];
@@ -888,6 +892,7 @@ static void job_reset_results(Job *j)
         j->aside_name[0] = '\0';
         j->done = false;
         j->applied = false;
+        j->run_us = 0;
 }
 
 /* Runs in a threadpool thread (or on the loop thread from
@@ -997,8 +1002,10 @@ static void job_run(const char *path, Job *j)
 static void on_work_run(uv_work_t *req)
 {
         State *s = req->data;
+        uint64_t start = uv_hrtime();
 
         job_run(s->path, &s->job);
+        s->job.run_us = (uv_hrtime() - start) / 1000;
         uv_mutex_lock(&s->lock);
         s->job.done = true;
         uv_cond_signal(&s->cond);
@@ -1023,6 +1030,8 @@ static void job_apply(State *s, Job *j)
         if (j->applied)
                 return;
         j->applied = true;
+        s->write_jobs++;
+        s->write_us_total += j->run_us;
         if (j->new_dir_fd >= 0)
                 s->dir_fd = j->new_dir_fd;
 
@@ -1606,6 +1615,8 @@ void state_health(const State *s, StateHealth *ret)
             .last_compaction_records = s->last_compaction_records,
             .longest_chunk_us = s->longest_chunk_us,
             .last_write_realtime_us = s->last_write_realtime_us,
+            .write_jobs = s->write_jobs,
+            .write_us_total = s->write_us_total,
         };
 }
 

@@ -145,6 +145,8 @@ typedef struct StateHealth {
         uint64_t last_compaction_records;
         uint64_t longest_chunk_us;      /* longest loop-thread serialization turn so far */
         int64_t last_write_realtime_us; /* CLOCK_REALTIME of the last successful write; 0: never */
+        uint64_t write_jobs;            /* disk jobs done (appends, syncs, compaction steps) */
+        uint64_t write_us_total;        /* time the threadpool spent on them, summed */
 } StateHealth;
 
 typedef struct State State;

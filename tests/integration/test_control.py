@@ -154,10 +154,11 @@ class ControlTest(unittest.TestCase):
         self.assertIn("# TYPE sessionwatch_polls_total counter\n", metrics)
         self.assertRegex(metrics, r'(?m)^sessionwatch_polls_total\{outcome="ok"\} [1-9]\d*$')
         self.assertRegex(metrics, r'(?m)^sessionwatch_sessions\{status="Active"\} 3$')
-        self.assertRegex(metrics, r"(?m)^sessionwatch_transitions_total [1-9]\d*$")
+        self.assertRegex(metrics, r'(?m)^sessionwatch_transitions_total\{status="Active"\} [1-9]\d*$')
         self.assertRegex(metrics, r"(?m)^sessionwatch_stream_clients 0$")
         for line in metrics.splitlines():
-            self.assertRegex(line, r'^(# (HELP|TYPE) \w+ .+|\w+(\{\w+="[^"]*"\})? -?\d+(\.\d+)?)$')
+            self.assertRegex(line, r'^(# (HELP|TYPE) \w+ .+|\w+(\{\w+="[^"]*"(,\w+="[^"]*")*\})? '
+                                   r'(-?\d+(\.\d+)?(e[-+]\d+)?|\+Inf))$')
         daemon.stop()
 
     def test_watch_and_unwatch_change_polling_and_survive_a_restart(self):

@@ -1,0 +1,404 @@
+/* daemon-metrics: the daemon's counters in the Prometheus text format, for
+ * the `metrics` control command and the [metrics] HTTP endpoint.
+ *
+ * Every counter lives in the Daemon (or in the module it belongs to) and is
+ * only touched on the loop thread; the endpoint answers on the loop thread
+ * too, so rendering needs no lock. The README's "Metrics" section lists
+ * every family written here. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "control.h"
+#include "daemon-private.h"
+#include "metrics-http.h"
+#include "metrics.h"
+#include "process-metrics.h"
+#include "sink-socket.h"
+#include "sink-webhook.h"
+
+/* Poll durations, in seconds: from a few milliseconds on a near API to the
+ * request timeout. */
+static const double poll_duration_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
+/* The poll outcomes as the metrics name them: the finer ApiOutcome values
+ * fold into the HTTP classes they belong to, so dashboards see one stable
+ * set (the control socket's `status` keeps the fine ones). */
+static const char *const poll_outcome_names[] = {"ok",      "http_4xx", "http_5xx", "rate_limited",
+                                                 "timeout", "network",  "decode"};
+enum { POLL_OUTCOMES = sizeof(poll_outcome_names) / sizeof(poll_outcome_names[0]) };
+
+/* Index into poll_outcome_names, or -1 for polls not counted (cancelled at
+ * shutdown: they never completed). */
+static int poll_outcome_index(ApiOutcome o)
+{
+        switch (o) {
+        case API_OK:
+                return 0;
+        case API_AUTH:
+        case API_FORBIDDEN:
+        case API_NOT_FOUND:
+        case API_CLIENT:
+                return 1;
+        case API_SERVER:
+                return 2;
+        case API_RATE_LIMITED:
+                return 3;
+        case API_TIMEOUT:
+                return 4;
+        case API_NETWORK:
+        case API_TOO_LARGE:
+                return 5;
+        case API_DECODE:
+                return 6;
+        default:
+                return -1;
+        }
+}
+
+static uint64_t monotonic_usec(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+void daemon_count_sessions(Daemon *d, SessionCounts *ret)
+{
+        size_t n = sessions_capacity(d->table);
+
+        *ret = (SessionCounts){};
+        for (size_t k = 0; k < n; k++) {
+                const Session *rec = sessions_get(d->table, (SessionIndex)k);
+
+                if (rec->flags & SESSION_REMOVED)
+                        continue;
+                ret->total++;
+                if (rec->flags & SESSION_GONE)
+                        ret->gone++;
+                if (rec->flags & SESSION_SEEN)
+                        ret->by_status[rec->status < _SESSION_STATUS_MAX ? rec->status
+                                                                         : SESSION_STATUS_UNKNOWN]++;
+                else
+                        ret->unseen++;
+        }
+}
+
+void daemon_metrics_observe_poll(Daemon *d, uint64_t start_usec, uint64_t done_usec)
+{
+        /* The bounds are set on first use: the Daemon starts zeroed, and this
+         * keeps daemon_run() free of metrics set-up. */
+        if (d->poll_duration.n_bounds == 0)
+                (void)metrics_histogram_init(&d->poll_duration, poll_duration_bounds,
+                                             sizeof(poll_duration_bounds) / sizeof(poll_duration_bounds[0]));
+        metrics_histogram_observe(&d->poll_duration,
+                                  done_usec > start_usec ? (double)(done_usec - start_usec) / 1e6 : 0);
+}
+
+void daemon_metrics_count_transition(Daemon *d, SessionStatus status)
+{
+        d->transitions_by_status[status < _SESSION_STATUS_MAX ? status : SESSION_STATUS_UNKNOWN]++;
+}
+
+static void write_polls(Daemon *d, MetricsText *m)
+{
+        uint64_t polls[POLL_OUTCOMES] = {};
+
+        for (int k = 0; k < _API_OUTCOME_MAX; k++) {
+                int i = poll_outcome_index(k);
+
+                if (i >= 0)
+                        polls[i] += d->stats.polls[k];
+        }
+        metrics_text_family(m, "sessionwatch_polls_total", "counter",
+                            "Session polls by outcome (HTTP 401, 403 and 404 count as http_4xx).");
+        for (int i = 0; i < POLL_OUTCOMES; i++)
+                metrics_text_labelled(m, "sessionwatch_polls_total", "outcome", poll_outcome_names[i],
+                                      (double)polls[i]);
+
+        if (d->poll_duration.n_bounds == 0)
+                (void)metrics_histogram_init(&d->poll_duration, poll_duration_bounds,
+                                             sizeof(poll_duration_bounds) / sizeof(poll_duration_bounds[0]));
+        metrics_text_histogram(m, "sessionwatch_poll_duration_seconds",
+                               "Session poll duration, from the start of the request to its completion.",
+                               &d->poll_duration);
+
+        metrics_text_family(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.");
+        metrics_text_value(m, "sessionwatch_requests_in_flight", (double)d->sched.in_flight);
+        metrics_text_family(m, "sessionwatch_api_paused", "gauge",
+                            "1 while every API request is held (after HTTP 429 or a rejected key).");
+        metrics_text_value(m, "sessionwatch_api_paused",
+                           d->sched.paused_until_ms > uv_now(&d->loop) ? 1 : 0);
+        metrics_text_family(m, "sessionwatch_api_rate_limit_pauses_total", "counter",
+                            "HTTP 429 answers that started or extended the hold on every API request.");
+        metrics_text_labelled(m, "sessionwatch_api_rate_limit_pauses_total", "request", "get",
+                              (double)d->rate_limit_pauses);
+        metrics_text_labelled(m, "sessionwatch_api_rate_limit_pauses_total", "request", "list",
+                              (double)d->disc_counters.rate_limited);
+}
+
+static void write_sessions(Daemon *d, MetricsText *m)
+{
+        SessionCounts counts;
+
+        daemon_count_sessions(d, &counts);
+        metrics_text_family(m, "sessionwatch_sessions", "gauge",
+                            "Watched sessions by current status (\"unseen\": not yet observed).");
+        for (int k = 0; k < _SESSION_STATUS_MAX; k++)
+                metrics_text_labelled(m, "sessionwatch_sessions", "status", session_status_to_string(k),
+                                      (double)counts.by_status[k]);
+        metrics_text_labelled(m, "sessionwatch_sessions", "status", "unseen", (double)counts.unseen);
+        metrics_text_family(m, "sessionwatch_sessions_watched", "gauge", "Sessions in the table.");
+        metrics_text_value(m, "sessionwatch_sessions_watched", (double)counts.total);
+        metrics_text_family(m, "sessionwatch_sessions_gone", "gauge",
+                            "Watched sessions the API no longer knows (HTTP 404).");
+        metrics_text_value(m, "sessionwatch_sessions_gone", (double)counts.gone);
+
+        metrics_text_family(m, "sessionwatch_transitions_total", "counter",
+                            "Status transitions by new status.");
+        for (int k = 0; k < _SESSION_STATUS_MAX; k++)
+                metrics_text_labelled(m, "sessionwatch_transitions_total", "status",
+                                      session_status_to_string(k), (double)d->transitions_by_status[k]);
+        metrics_text_family(m, "sessionwatch_events_total", "counter", "Events handed to the sinks.");
+        metrics_text_value(m, "sessionwatch_events_total", (double)d->stats.events);
+        metrics_text_family(m, "sessionwatch_stalled_total", "counter",
+                            "Stalled-session events (no change for [poll] stalled-after).");
+        metrics_text_value(m, "sessionwatch_stalled_total", (double)d->disc_counters.stalled);
+}
+
+static void write_discovery(Daemon *d, MetricsText *m)
+{
+        const DiscoveryCounters *c = &d->disc_counters;
+
+        metrics_text_family(m, "sessionwatch_discovery_sweeps_total", "counter",
+                            "Complete session list sweeps.");
+        metrics_text_value(m, "sessionwatch_discovery_sweeps_total", (double)c->sweeps);
+        metrics_text_family(m, "sessionwatch_discovery_pages_total", "counter",
+                            "Session list pages taken in.");
+        metrics_text_value(m, "sessionwatch_discovery_pages_total", (double)c->pages);
+        metrics_text_family(m, "sessionwatch_discovery_list_failures_total", "counter",
+                            "Session list requests that failed (and were retried).");
+        metrics_text_value(m, "sessionwatch_discovery_list_failures_total", (double)c->sweep_failures);
+        metrics_text_family(m, "sessionwatch_discovery_sessions_discovered_total", "counter",
+                            "Sessions added to the table by a list sweep.");
+        metrics_text_value(m, "sessionwatch_discovery_sessions_discovered_total", (double)c->discovered);
+        metrics_text_family(m, "sessionwatch_discovery_sessions_refused_total", "counter",
+                            "New sessions refused because [poll] max-sessions was reached.");
+        metrics_text_value(m, "sessionwatch_discovery_sessions_refused_total", (double)c->refused);
+}
+
+/* One gauge or counter family with a sample per webhook sink. */
+typedef enum WebhookField {
+        WEBHOOK_FIELD_DROPS,
+        WEBHOOK_FIELD_QUEUE,
+        WEBHOOK_FIELD_IN_FLIGHT,
+        WEBHOOK_FIELD_OLDEST_AGE,
+        WEBHOOK_FIELD_DISABLED,
+        WEBHOOK_FIELD_DEGRADED,
+} WebhookField;
+
+static void write_webhook_family(Daemon *d, MetricsText *m, const char *name, const char *type,
+                                 const char *help, WebhookField field)
+{
+        metrics_text_family(m, name, type, help);
+        for (size_t k = 0; k < d->n_sinks; k++) {
+                WebhookStats ws;
+                double v = 0;
+
+                if (!d->sinks[k] || !sink_is_webhook(d->sinks[k]))
+                        continue;
+                sink_webhook_stats(d->sinks[k], &ws);
+                switch (field) {
+                case WEBHOOK_FIELD_DROPS:
+                        v = (double)ws.drops;
+                        break;
+                case WEBHOOK_FIELD_QUEUE:
+                        v = (double)ws.queue_depth;
+                        break;
+                case WEBHOOK_FIELD_IN_FLIGHT:
+                        v = (double)ws.in_flight;
+                        break;
+                case WEBHOOK_FIELD_OLDEST_AGE:
+                        v = ws.oldest_age_ms > 0 ? (double)ws.oldest_age_ms / 1000.0 : 0;
+                        break;
+                case WEBHOOK_FIELD_DISABLED:
+                        v = ws.disabled ? 1 : 0;
+                        break;
+                case WEBHOOK_FIELD_DEGRADED:
+                        v = ws.outbox_degraded ? 1 : 0;
+                        break;
+                }
+                metrics_text_labelled(m, name, "webhook", sink_webhook_name(d->sinks[k]), v);
+        }
+}
+
+static void write_webhooks(Daemon *d, MetricsText *m)
+{
+        static const char name[] = "sessionwatch_webhook_deliveries_total";
+
+        metrics_text_family(m, name, "counter",
+                            "Webhook delivery attempts by outcome (\"expired\": events given up unsent).");
+        for (size_t k = 0; k < d->n_sinks; k++) {
+                const char *labels[4] = {"webhook", NULL, "outcome", "success"};
+                WebhookStats ws;
+
+                if (!d->sinks[k] || !sink_is_webhook(d->sinks[k]))
+                        continue;
+                sink_webhook_stats(d->sinks[k], &ws);
+                labels[1] = sink_webhook_name(d->sinks[k]);
+                metrics_text_sample(m, name, labels, 2, (double)ws.successes);
+                for (int f = 0; f < _WEBHOOK_FAILURE_MAX; f++) {
+                        labels[3] = webhook_failure_to_string(f);
+                        metrics_text_sample(m, name, labels, 2, (double)ws.failures[f]);
+                }
+        }
+        write_webhook_family(d, m, "sessionwatch_webhook_dropped_events_total", "counter",
+                             "Events a webhook gave up on (HTTP 4xx, expired, refused by the outbox).",
+                             WEBHOOK_FIELD_DROPS);
+        write_webhook_family(d, m, "sessionwatch_webhook_queue_depth", "gauge",
+                             "Events not delivered yet, in memory or only in the outbox file.",
+                             WEBHOOK_FIELD_QUEUE);
+        write_webhook_family(d, m, "sessionwatch_webhook_in_flight", "gauge", "Webhook requests in flight.",
+                             WEBHOOK_FIELD_IN_FLIGHT);
+        write_webhook_family(d, m, "sessionwatch_webhook_oldest_pending_age_seconds", "gauge",
+                             "Age of the oldest undelivered event (0: none).", WEBHOOK_FIELD_OLDEST_AGE);
+        write_webhook_family(d, m, "sessionwatch_webhook_disabled", "gauge",
+                             "1 while the webhook is disabled by an HTTP 410.", WEBHOOK_FIELD_DISABLED);
+        write_webhook_family(d, m, "sessionwatch_webhook_outbox_degraded", "gauge",
+                             "1 while writing the webhook's outbox file fails.", WEBHOOK_FIELD_DEGRADED);
+}
+
+static void write_sockets(Daemon *d, MetricsText *m)
+{
+        SinkSocketStats ss = {};
+
+        if (d->stream)
+                sink_socket_stats(d->stream, &ss);
+        metrics_text_family(m, "sessionwatch_stream_clients", "gauge", "Event stream clients connected.");
+        metrics_text_value(m, "sessionwatch_stream_clients", (double)ss.clients);
+        metrics_text_family(m, "sessionwatch_stream_connections_total", "counter",
+                            "Event stream connections accepted.");
+        metrics_text_value(m, "sessionwatch_stream_connections_total", (double)ss.connections);
+        metrics_text_family(m, "sessionwatch_stream_overflows_total", "counter",
+                            "Event stream clients cut off for not reading.");
+        metrics_text_value(m, "sessionwatch_stream_overflows_total", (double)ss.overflows);
+        metrics_text_family(m, "sessionwatch_stream_refused_total", "counter",
+                            "Event stream connections closed at once past the client limit.");
+        metrics_text_value(m, "sessionwatch_stream_refused_total", (double)ss.refused);
+        metrics_text_family(m, "sessionwatch_control_connections", "gauge", "Control socket connections.");
+        metrics_text_value(m, "sessionwatch_control_connections",
+                           d->control ? (double)control_connections(d->control) : 0);
+        if (d->metrics_http) {
+                MetricsHttpStats hs;
+
+                metrics_http_stats(d->metrics_http, &hs);
+                metrics_text_family(
+                    m, "sessionwatch_metrics_scrapes_total", "counter",
+                    "Answers of the metrics endpoint by result (\"error\": not a GET of /metrics).");
+                metrics_text_labelled(m, "sessionwatch_metrics_scrapes_total", "result", "ok",
+                                      (double)hs.scrapes);
+                metrics_text_labelled(m, "sessionwatch_metrics_scrapes_total", "result", "error",
+                                      (double)hs.errors);
+        }
+}
+
+/* Only with a state folder: without one there is nothing to write. */
+static void write_state(Daemon *d, MetricsText *m)
+{
+        StateHealth h;
+
+        if (!d->state)
+                return;
+        state_health(d->state, &h);
+        metrics_text_family(m, "sessionwatch_state_degraded", "gauge",
+                            "1 while state file writes fail and the file lags behind memory.");
+        metrics_text_value(m, "sessionwatch_state_degraded", h.degraded ? 1 : 0);
+        metrics_text_family(m, "sessionwatch_state_file_bytes", "gauge", "Size of the state file.");
+        metrics_text_value(m, "sessionwatch_state_file_bytes", (double)h.file_bytes);
+        metrics_text_family(m, "sessionwatch_state_pending_bytes", "gauge",
+                            "State records formatted but not yet handed to a write.");
+        metrics_text_value(m, "sessionwatch_state_pending_bytes", (double)h.pending_bytes);
+        metrics_text_family(m, "sessionwatch_state_records_written_total", "counter",
+                            "Records appended to the state file (rewrites not counted).");
+        metrics_text_value(m, "sessionwatch_state_records_written_total", (double)h.records_appended);
+        metrics_text_family(m, "sessionwatch_state_writes_total", "counter",
+                            "State file disk jobs done (appends, syncs, compaction steps).");
+        metrics_text_value(m, "sessionwatch_state_writes_total", (double)h.write_jobs);
+        metrics_text_family(m, "sessionwatch_state_write_duration_seconds", "summary",
+                            "Time the threadpool spent on state file disk jobs.");
+        metrics_text_value(m, "sessionwatch_state_write_duration_seconds_sum",
+                           (double)h.write_us_total / 1e6);
+        metrics_text_value(m, "sessionwatch_state_write_duration_seconds_count", (double)h.write_jobs);
+        metrics_text_family(m, "sessionwatch_state_write_errors_total", "counter",
+                            "Failed state file writes.");
+        metrics_text_value(m, "sessionwatch_state_write_errors_total", (double)h.write_errors);
+        metrics_text_family(m, "sessionwatch_state_compactions_total", "counter",
+                            "Successful rewrites of the state file.");
+        metrics_text_value(m, "sessionwatch_state_compactions_total", (double)h.compactions);
+}
+
+void daemon_metrics(Daemon *d, MetricsText *m)
+{
+        write_sessions(d, m);
+        write_polls(d, m);
+        write_discovery(d, m);
+        write_webhooks(d, m);
+        write_sockets(d, m);
+        write_state(d, m);
+
+        metrics_text_family(m, "sessionwatch_build_info", "gauge",
+                            "The running version, as a label; always 1.");
+        metrics_text_labelled(m, "sessionwatch_build_info", "version", SW_VERSION, 1);
+        metrics_text_family(m, "sessionwatch_uptime_seconds", "gauge", "Seconds since the daemon started.");
+        metrics_text_value(m, "sessionwatch_uptime_seconds",
+                           (double)((monotonic_usec() - d->start_usec) / 1000000));
+        /* A /proc file that cannot be read leaves its metrics out rather
+         * than failing the whole answer. */
+        (void)process_metrics_write(m);
+}
+
+/* metrics_http's render callback: hands over the buffer itself. */
+static int on_metrics_render(void *userdata, char **ret_text, size_t *ret_len)
+{
+        MetricsText m = METRICS_TEXT_NULL;
+
+        daemon_metrics(userdata, &m);
+        if (m.error < 0) {
+                int r = m.error;
+
+                metrics_text_done(&m);
+                return r;
+        }
+        *ret_text = m.data;
+        *ret_len = m.len;
+        return 0;
+}
+
+int daemon_setup_metrics(Daemon *d)
+{
+        const ConfigMetrics *c = &d->config->metrics;
+        int r;
+
+        if (!c->listen)
+                return 0;
+        r = metrics_http_new(&d->loop, c->host, c->port, on_metrics_render, d, &d->metrics_http);
+        if (r < 0) {
+                log_error_errno(r, "Failed to listen for metrics on %s ([metrics] listen): %m", c->listen);
+                return r;
+        }
+        log_info("Serving metrics on %s (port %u), path /metrics.", c->listen,
+                 (unsigned)metrics_http_port(d->metrics_http));
+        return 0;
+}
+
+void daemon_close_metrics(Daemon *d)
+{
+        if (!d->metrics_http)
+                return;
+        metrics_http_close(d->metrics_http, NULL, NULL);
+        d->metrics_http = NULL;
+}

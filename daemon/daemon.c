@@ -140,6 +140,9 @@ static void schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms)
                 log_error_errno(r, "Failed to schedule session '%s': %m", sessions_id(d->table, i));
 }
 
+/* The most state writes held back for the webhook outboxes. */
+#define PERSIST_HELD_MAX (1u << 20)
+
 /* Writes a session's durable fields to the state file (asynchronously). */
 static void persist_now(Daemon *d, SessionIndex i)
 {
@@ -267,6 +270,14 @@ static void persist(Daemon *d, SessionIndex i)
 {
         if (!d->state)
                 return;
+        /* A webhook that went away or whose outbox fails releases what it
+         * held without a write to announce it: look before queueing. */
+        if (d->persist_armed)
+                persist_release(d, false);
+        /* An outbox write that hangs (a stuck disk) must not make this queue
+         * grow without bound: past it, ordering gives way to writing. */
+        if (d->persist_next.n >= PERSIST_HELD_MAX)
+                persist_release(d, true);
         if (!d->persist_armed && !outboxes_behind(d)) {
                 persist_now(d, i);
                 return;
@@ -620,8 +631,13 @@ static void finish(Daemon *d)
         d->finishing = true;
         /* No event can come after this point (what is still in flight is
          * cancelled): let the sinks close what they hold on the loop.
-         * The held state writes go first, while the sinks still exist. */
-        persist_release(d, true);
+         * State writes still held wait for outbox writes that may not be
+         * done before the process ends: they are left out, so the next start
+         * emits those events again (same ids) rather than losing them for a
+         * webhook. */
+        persist_release(d, false);
+        d->persist_wait.n = d->persist_next.n = 0;
+        d->persist_armed = false;
         for (size_t i = 0; i < d->n_sinks; i++) {
                 sink_close(d->sinks[i]);
                 d->sinks[i] = NULL;
@@ -1728,7 +1744,7 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         SessionIndex *idx = NULL;
         uint8_t *keep = NULL;
         ConfigEnv env;
-        size_t n, k;
+        size_t n, k, refused = 0;
         int r;
 
         *ret = (ReloadReport){};
@@ -1758,9 +1774,14 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
                         continue;
                 }
                 if (r == -ENOSPC) {
-                        log_error("More sessions than [poll] max-sessions; ignoring '%s' and the rest.", id);
-                        n = k;
-                        break;
+                        /* Sessions already watched further down the list
+                         * must still be kept: go on, skipping new ones. */
+                        if (refused++ == 0)
+                                log_error("More sessions than [poll] max-sessions=%zu; not adding '%s' (nor "
+                                          "any other new one).",
+                                          d->config->poll.max_sessions, id);
+                        idx[k] = SESSION_INDEX_NONE;
+                        continue;
                 }
                 if (r < 0)
                         goto out;
@@ -1777,7 +1798,8 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
                 goto out;
         }
         for (k = 0; k < n; k++)
-                keep[idx[k]] = 1;
+                if (idx[k] != SESSION_INDEX_NONE)
+                        keep[idx[k]] = 1;
         for (k = 0; k < sessions_capacity(d->table); k++) {
                 Session *rec = sessions_get(d->table, (SessionIndex)k);
 
@@ -1792,8 +1814,17 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         }
 
         reload_restart_only(d->config, c, ret);
-        if ((r = reload_journal(d, c)) < 0 || (r = reload_webhooks(d, c, ret)) < 0)
+        r = reload_journal(d, c);
+        if (r >= 0)
+                r = reload_webhooks(d, c, ret);
+        /* Webhooks that went release what they held. */
+        persist_release(d, false);
+        if (r < 0) {
+                snprintf(errbuf, errlen, "%s: the reload was applied only in part (%s): sessions and sinks "
+                         "changed so far stay changed; the rest of the running configuration is kept",
+                         c->path, strerror(-r));
                 goto out;
+        }
 
         /* The sections applied move into the running config; the old ones go
          * with `c`. What needs a restart keeps its running value. */
@@ -2001,7 +2032,7 @@ static json_object *cmd_status(void *userdata, json_object *req)
         json_object_object_add(o, "webhooks", webhooks);
         json_object_object_add(o, "state", state);
         json_object_object_add(o, "eventsSocket",
-                               d->stream ? json_object_new_string(d->config->events.path) : NULL);
+                               d->stream ? json_string_or_null(sink_socket_path(d->stream)) : NULL);
         json_object_object_add(o, "streamClients", json_object_new_int64(ss.clients));
         json_object_object_add(o, "streamOverflows", json_object_new_int64((int64_t)ss.overflows));
         json_object_object_add(o, "lastSequence",

@@ -1,3 +1,5 @@
+#include <stddef.h>
+#include <sys/un.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -612,6 +614,21 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
         s->overflow_rl = (LogRateLimit)LOG_RATELIMIT_INIT(10000, 3);
         s->source = strdup(o->source ? o->source : "sessionwatchd://localhost");
         s->path = strdup(o->path ? o->path : "(passed socket)");
+        if (o->fd >= 0 && s->path) {
+                /* A passed socket is named by what it is bound to. */
+                struct sockaddr_un sa;
+                socklen_t sl = sizeof(sa);
+
+                if (getsockname(o->fd, (struct sockaddr *)&sa, &sl) == 0 && sa.sun_family == AF_UNIX &&
+                    sl > offsetof(struct sockaddr_un, sun_path) && sa.sun_path[0] != '\0') {
+                        char *bound = strndup(sa.sun_path, sl - offsetof(struct sockaddr_un, sun_path));
+
+                        if (bound) {
+                                free(s->path);
+                                s->path = bound;
+                        }
+                }
+        }
         /* The caller's strings (the config) may be replaced by a reload. */
         s->opt.path = s->path;
         s->opt.source = NULL;
@@ -662,4 +679,9 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
 void sink_socket_stats(const Sink *sink, SinkSocketStats *ret)
 {
         *ret = ((const SocketSink *)sink)->stats;
+}
+
+const char *sink_socket_path(const Sink *sink)
+{
+        return ((const SocketSink *)sink)->path;
 }

@@ -62,3 +62,6 @@ typedef struct uv_loop_s uv_loop_t;
 int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret);
 
 void sink_socket_stats(const Sink *s, SinkSocketStats *ret);
+
+/* The path clients connect to (for a passed socket: what it is bound to). */
+const char *sink_socket_path(const Sink *s);

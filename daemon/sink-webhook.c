@@ -385,6 +385,9 @@ int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *o)
         free(w->app_url);
         w->app_url = app_url;
         w->sink.status_mask = c->statuses;
+        if (w->format != c->format)
+                log_notice("Webhook '%s': events queued before the reload keep the %s format.", w->name,
+                           config_webhook_format_to_string(w->format));
         w->format = c->format;
         w->timeout_ms = c->timeout_ms;
         w->retry_min_ms = c->retry_min_ms;

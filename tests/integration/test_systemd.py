@@ -191,6 +191,55 @@ class ReloadTest(unittest.TestCase):
         d.stop()
         swtest.assert_exit(d.returncode, 0, d)
 
+    def test_reload_past_max_sessions_keeps_the_watched_ones(self):
+        # A new session refused for max-sessions must not make the reload
+        # drop sessions listed after it that were watched already.
+        d = self.start(self.config(["a", "b"], extra={"poll": {"interval": "100ms", "waiting-interval": "100ms",
+                                                               "max-sessions": "2"}}))
+        swtest.wait_until(lambda: self.polls("a") > 0 and self.polls("b") > 0)
+        config = self.config(["a", "c", "b"], extra={"poll": {"interval": "100ms", "waiting-interval": "100ms",
+                                                              "max-sessions": "2"}})
+        self.write_config(d, config)
+        reply = d.ctl_json("reload")
+        self.assertEqual((reply["added"], reply["removed"], reply["watched"]), (0, 0, 2), reply)
+        self.assertIn("max-sessions=2", d.stderr_text())
+        count = self.polls("b")
+        swtest.wait_until(lambda: self.polls("b") > count + 2)
+        self.assertEqual(self.polls("c"), 0)
+        d.stop()
+
+    def test_removing_a_webhook_releases_held_state_writes(self):
+        # State writes wait while a webhook's outbox write is in progress
+        # (slowed down here by a test hook); removing that webhook by a
+        # reload must let them go rather than hold them until the stop.
+        from webhook_receiver import WebhookReceiver
+
+        rx = WebhookReceiver(secrets=(SECRET,)).register(self).start()
+        config = self.config(["a"], webhooks={"slow": rx.url})
+        d = swtest.Daemon(self.tmp, config, print_events=True,
+                          env={**self.notify.env(), "SW_TEST_HOOKS": "1", "SW_TEST_OUTBOX_WRITE_DELAY_MS": "3000"})
+        d.start()
+        self.addCleanup(d.stop)
+        self.notify.wait_for("READY", "1")
+        d.wait_for_events(count=1)
+        state = os.path.join(self.tmp.state, "state")
+
+        def recorded(status):
+            try:
+                with open(state) as f:
+                    return f" {self.ids['a']} {status} " in f.read()
+            except FileNotFoundError:
+                return False
+
+        self.write_config(d, self.config(["a"]))
+        self.reload_signal(d)
+        self.sim.set_status(self.ids["a"], "Failed")
+        d.wait_for_event(lambda e: e["data"]["status"] == "Failed")
+        # Well before a stop, and before a slow outbox write could matter.
+        swtest.wait_until(lambda: recorded("Failed"), timeout=2,
+                          message="the state write stayed held after the webhook was removed")
+        d.stop()
+
     def test_invalid_config_on_reload_keeps_the_old_one(self):
         d = self.start(self.config(["a"]))
         swtest.wait_until(lambda: self.polls("a") > 0)
@@ -266,6 +315,30 @@ class SocketActivationTest(unittest.TestCase):
         swtest.assert_exit(d.returncode, 0, d)
         # Not bound by the daemon, so not removed by it either.
         self.assertTrue(os.path.exists(events) and os.path.exists(control))
+
+    def test_passed_sockets_without_paths_in_the_config(self):
+        # No [events]/[control] path and no $RUNTIME_DIRECTORY: the passed
+        # sockets are all there is, and status names the stream by what it is
+        # bound to.
+        tmp = swtest.temp_dirs(self)
+        sim = swtest.ApiSim(tmp, scenario={"sessions": [swtest.sim_session("ses_act2", [[0, "Active"]])]})
+        sim.start()
+        self.addCleanup(sim.stop)
+        events = os.path.join(tmp.run, "ev.sock")
+        control = os.path.join(tmp.run, "ct.sock")
+        config = swtest.Daemon.basic_config(sim.url, sessions=["ses_act2"])
+        del config["events"], config["control"]
+        d = swtest.Daemon(tmp, config, print_events=True,
+                          wrapper=("systemd-socket-activate", "-l", events, "-l", control,
+                                   "--fdname=events:control"))
+        d.start()
+        self.addCleanup(d.stop)
+        swtest.wait_until(lambda: os.path.exists(control))
+        reply = d.request({"command": "status"}, socket_path=control, timeout=20)
+        self.assertTrue(reply["ok"], reply)
+        self.assertEqual(reply["eventsSocket"], events)
+        d.stop()
+        swtest.assert_exit(d.returncode, 0, d)
 
 
 if __name__ == "__main__":

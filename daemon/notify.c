@@ -1,3 +1,4 @@
+#include <stddef.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -5,12 +6,58 @@
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "notify.h"
 
 /* STATUS= is refreshed at most this often. */
 #define STATUS_INTERVAL_MS 1000
+
+/* Sends one datagram without blocking: 0, -EAGAIN when the receiver's
+ * queue is full, or another -errno. */
+static int notify_send(Notifier *n, const char *msg)
+{
+        ssize_t r;
+
+        if (n->fd < 0)
+                return -ENOTCONN;
+        r = sendto(n->fd, msg, strlen(msg), MSG_DONTWAIT | MSG_NOSIGNAL, (const struct sockaddr *)&n->addr,
+                   n->addr_len);
+        if (r < 0)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        return 0;
+}
+
+static void on_retry_timer(uv_timer_t *t);
+
+/* A state message (READY, RELOADING, STOPPING) must arrive: when there is no
+ * room, it waits, and a later one replaces it (it carries the newer state). */
+static void send_state(Notifier *n, const char *msg)
+{
+        int r = n->held[0] ? -EAGAIN : notify_send(n, msg);
+
+        if (r == -EAGAIN) {
+                snprintf(n->held, sizeof(n->held), "%s", msg);
+                if (!uv_is_active((uv_handle_t *)&n->retry_timer))
+                        uv_timer_start(&n->retry_timer, on_retry_timer, 100, 100);
+        } else if (r < 0)
+                log_debug_errno(r, "Failed to notify the service manager: %m");
+}
+
+/* The retry timer, on the loop thread: the held state message, again. */
+static void on_retry_timer(uv_timer_t *t)
+{
+        Notifier *n = t->data;
+        int r = notify_send(n, n->held);
+
+        if (r == -EAGAIN)
+                return;
+        if (r < 0)
+                log_debug_errno(r, "Failed to notify the service manager: %m");
+        n->held[0] = '\0';
+        uv_timer_stop(&n->retry_timer);
+}
 
 static void status_text(Notifier *n, char *buf, size_t size)
 {
@@ -41,9 +88,17 @@ static void send_with_status(Notifier *n, const char *head, bool force_status)
         if (!head && !force_status && strcmp(now, n->status) == 0)
                 return;
         snprintf(msg, sizeof(msg), "%s%sSTATUS=%s", head ? head : "", head ? "\n" : "", now);
-        r = sd_notify(0, msg);
-        if (r < 0)
-                log_debug_errno(r, "Failed to notify the service manager: %m");
+        if (head) {
+                send_state(n, msg);
+        } else {
+                r = notify_send(n, msg);
+                if (r == -EAGAIN) {
+                        n->dropped++;
+                        return; /* not sent: the next refresh tries again */
+                }
+                if (r < 0)
+                        log_debug_errno(r, "Failed to notify the service manager: %m");
+        }
         memcpy(n->status, now, sizeof(n->status));
 }
 
@@ -52,11 +107,14 @@ static void send_with_status(Notifier *n, const char *head, bool force_status)
 static void on_watchdog_timer(uv_timer_t *t)
 {
         Notifier *n = t->data;
-        int r = sd_notify(0, "WATCHDOG=1");
+        int r = notify_send(n, "WATCHDOG=1");
 
-        if (r < 0)
+        if (r == -EAGAIN)
+                n->dropped++;
+        else if (r < 0)
                 log_debug_errno(r, "Failed to ping the watchdog: %m");
-        n->watchdog_pings++;
+        else
+                n->watchdog_pings++;
 }
 
 /* The status refresh timer, on the loop thread. */
@@ -67,12 +125,33 @@ static void on_status_timer(uv_timer_t *t)
 
 int notify_init(Notifier *n, uv_loop_t *loop, notify_status_cb status_cb, void *userdata)
 {
-        const char *socket = getenv("NOTIFY_SOCKET");
+        const char *path = getenv("NOTIFY_SOCKET");
         uint64_t usec = 0;
         int r;
 
-        *n = (Notifier){.loop = loop, .status_cb = status_cb, .userdata = userdata};
-        n->enabled = socket && *socket;
+        *n = (Notifier){.loop = loop, .status_cb = status_cb, .userdata = userdata, .fd = -1};
+        n->enabled = path && *path;
+        if (n->enabled) {
+                size_t len = strlen(path);
+
+                /* A path, or a name in the abstract namespace ('@'). */
+                if ((path[0] != '/' && path[0] != '@') || len >= sizeof(n->addr.sun_path)) {
+                        log_warning("Ignoring $NOTIFY_SOCKET='%s': not a Unix socket path.", path);
+                        n->enabled = false;
+                } else {
+                        n->addr.sun_family = AF_UNIX;
+                        memcpy(n->addr.sun_path, path, len);
+                        if (path[0] == '@')
+                                n->addr.sun_path[0] = '\0';
+                        n->addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len +
+                                                  (path[0] == '@' ? 0 : 1));
+                        n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                        if (n->fd < 0) {
+                                log_warning_errno(-errno, "Cannot notify the service manager: %m");
+                                n->enabled = false;
+                        }
+                }
+        }
         r = sd_watchdog_enabled(0, &usec);
         if (r < 0)
                 log_warning_errno(r, "Ignoring an invalid $WATCHDOG_USEC or $WATCHDOG_PID: %m");
@@ -80,10 +159,12 @@ int notify_init(Notifier *n, uv_loop_t *loop, notify_status_cb status_cb, void *
                 n->watchdog_usec = usec;
         uv_timer_init(loop, &n->watchdog);
         uv_timer_init(loop, &n->status_timer);
-        n->watchdog.data = n->status_timer.data = n;
-        /* Neither timer is a reason for the loop to go on running. */
+        uv_timer_init(loop, &n->retry_timer);
+        n->watchdog.data = n->status_timer.data = n->retry_timer.data = n;
+        /* No timer is a reason for the loop to go on running. */
         uv_unref((uv_handle_t *)&n->watchdog);
         uv_unref((uv_handle_t *)&n->status_timer);
+        uv_unref((uv_handle_t *)&n->retry_timer);
         return 0;
 }
 
@@ -98,8 +179,8 @@ void notify_ready(Notifier *n)
 
                 if (ms == 0)
                         ms = 1;
-                (void)sd_notify(0, "WATCHDOG=1");
-                n->watchdog_pings++;
+                if (notify_send(n, "WATCHDOG=1") == 0)
+                        n->watchdog_pings++;
                 uv_timer_start(&n->watchdog, on_watchdog_timer, ms, ms);
         }
         if (!uv_is_active((uv_handle_t *)&n->status_timer))
@@ -143,7 +224,15 @@ static void on_notify_closed(uv_handle_t *h)
 {
         Notifier *n = h->data;
 
-        if (--n->open_handles == 0 && n->closed)
+        if (--n->open_handles > 0)
+                return;
+        if (n->fd >= 0) {
+                /* A last word that never found room is given up: the
+                 * process is ending, and the manager sees that anyway. */
+                close(n->fd);
+                n->fd = -1;
+        }
+        if (n->closed)
                 n->closed(n->closed_userdata);
 }
 
@@ -151,7 +240,8 @@ void notify_close(Notifier *n, void (*closed)(void *userdata), void *userdata)
 {
         n->closed = closed;
         n->closed_userdata = userdata;
-        n->open_handles = 2;
+        n->open_handles = 3;
         uv_close((uv_handle_t *)&n->watchdog, on_notify_closed);
         uv_close((uv_handle_t *)&n->status_timer, on_notify_closed);
+        uv_close((uv_handle_t *)&n->retry_timer, on_notify_closed);
 }

@@ -6,12 +6,20 @@
  * timer on the daemon's own loop, so a loop that stalls stops pinging and
  * systemd's watchdog fires, which is the point of it.
  *
+ * Messages go out without ever blocking the loop (a service manager that
+ * does not read would otherwise stall it once the socket's queue is full):
+ * STATUS= and WATCHDOG=1 that cannot be sent at once are dropped (the next
+ * refresh or ping carries on); READY, RELOADING and STOPPING are kept and
+ * retried every 100 ms until they go.
+ *
  * Without $NOTIFY_SOCKET every call does nothing (and costs nothing). */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <uv.h>
 
 /* Writes the one-line status summary into buf (NUL-terminated, truncated to
@@ -22,8 +30,14 @@ typedef struct Notifier {
         uv_loop_t *loop;
         bool enabled;           /* $NOTIFY_SOCKET is set */
         uint64_t watchdog_usec; /* 0: no watchdog asked for */
+        int fd;                   /* our end: AF_UNIX, SOCK_DGRAM, non-blocking */
+        struct sockaddr_un addr; /* $NOTIFY_SOCKET ('@': the abstract namespace) */
+        socklen_t addr_len;
+        char held[768];          /* a state message waiting for room, "" when none */
+        uint64_t dropped;        /* STATUS/WATCHDOG messages dropped for lack of room */
         uv_timer_t watchdog;
         uv_timer_t status_timer;
+        uv_timer_t retry_timer;
         notify_status_cb status_cb;
         void *userdata;
         char status[512]; /* the last STATUS= sent */

@@ -77,6 +77,32 @@ class NotifyTest(unittest.TestCase):
         d.stop()
         swtest.assert_exit(d.returncode, 0, d)
 
+    def test_manager_that_does_not_read(self):
+        # A notify socket nobody reads fills after a few datagrams (the
+        # kernel's max_dgram_qlen); sending must not block the loop then:
+        # polling goes on and SIGTERM still stops the daemon at once.
+        import socket as socketlib
+
+        path = os.path.join(self.tmp.root, "deaf.sock")
+        deaf = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+        deaf.bind(path)
+        self.addCleanup(deaf.close)
+        config = swtest.Daemon.basic_config(self.sim.url, sessions=[f"ses_sd{n}" for n in range(3)],
+                                            extra={"poll": {"interval": "100ms", "waiting-interval": "100ms"}})
+        d = swtest.Daemon(self.tmp, config, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "20000"})
+        d.start()
+        self.addCleanup(d.stop)
+
+        def polls():
+            c = self.sim.counters(session="ses_sd1", times=False)["sessions"]
+            return c.get("ses_sd1", {}).get("count", 0)
+
+        swtest.wait_until(lambda: polls() > 0)
+        time.sleep(1)  # 100 watchdog pings due: the queue is long full
+        before = polls()
+        swtest.wait_until(lambda: polls() > before + 5)
+        swtest.assert_exit(d.stop(timeout=10), 0, d)
+
     def test_watchdog_other_pid(self):
         d = self.start_daemon(env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
         self.notify.wait_for("READY", "1")

@@ -768,6 +768,12 @@ static void transfer_notify(Transfer *t, HttpError error, CURLcode code)
         } else if (error == HTTP_ERR_CANCELLED)
                 r.error_text = "cancelled";
         else if (error == HTTP_ERR_TOO_LARGE) {
+                long status = 0;
+
+                /* The status line did arrive: callers that do not need the
+                 * body (a webhook's 200) can still act on it. */
+                (void)curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+                r.status = status;
                 snprintf(t->error, sizeof(t->error), "response body exceeds %zu bytes", t->mux->max_body);
                 r.error_text = t->error;
         } else if (t->out_of_memory)

@@ -30,7 +30,7 @@ typedef enum HttpError {
 
 typedef struct HttpResponse {
         HttpError error;
-        long status;      /* HTTP status code when error == HTTP_OK, else 0 */
+        long status;      /* HTTP status code when error == HTTP_OK or HTTP_ERR_TOO_LARGE, else 0 */
         const char *body; /* NUL-terminated; valid only during the callback */
         size_t body_len;
         int64_t retry_after_ms; /* Retry-After (delta seconds or HTTP date) as ms from now; -1 if none */

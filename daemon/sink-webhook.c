@@ -56,12 +56,13 @@ struct WebhookSink {
         unsigned in_flight;
         bool disabled;
         bool closing;
+        uint64_t paused_until_ms; /* uv_now() before which nothing is attempted (Retry-After) */
         unsigned closing_parts;
         uint64_t rng;
 
         /* The sessions met during one walk: slot i is in the set when
          * seen_gen[i] == gen. */
-        const char *seen[SEEN_SLOTS];
+        uint64_t seen[SEEN_SLOTS]; /* 64-bit hashes of session ids: an entry may be freed during a walk */
         uint32_t seen_gen[SEEN_SLOTS];
         uint32_t gen;
         size_t n_seen;
@@ -110,20 +111,22 @@ static uint64_t next_random(WebhookSink *w)
  * (an earlier event of it is pending) or the set is full (be safe: wait). */
 static bool seen_add(WebhookSink *w, const char *id)
 {
-        uint32_t h = 2166136261u;
+        uint64_t h = 14695981039346656037ull;
 
+        /* FNV-1a, 64 bits: two sessions of one walk colliding would only
+         * make one wait for the other, and that is vanishingly rare. */
         for (const char *p = id; *p; p++)
-                h = (h ^ (uint8_t)*p) * 16777619u;
+                h = (h ^ (uint8_t)*p) * 1099511628211ull;
         if (w->n_seen >= SEEN_SLOTS / 2)
                 return false;
-        for (uint32_t i = h & (SEEN_SLOTS - 1);; i = (i + 1) & (SEEN_SLOTS - 1)) {
+        for (uint32_t i = (uint32_t)h & (SEEN_SLOTS - 1);; i = (i + 1) & (SEEN_SLOTS - 1)) {
                 if (w->seen_gen[i] != w->gen) {
                         w->seen_gen[i] = w->gen;
-                        w->seen[i] = id;
+                        w->seen[i] = h;
                         w->n_seen++;
                         return true;
                 }
-                if (strcmp(w->seen[i], id) == 0)
+                if (w->seen[i] == h)
                         return false;
         }
 }
@@ -201,8 +204,14 @@ static void dispatch(WebhookSink *w)
         int64_t now_us = realtime_us();
         OutboxEntry *e, *next;
 
-        if (w->closing || w->disabled)
+        if (w->closing)
                 return;
+        if (now < w->paused_until_ms && !w->disabled) {
+                /* The receiver asked for a pause (429 or 503 with
+                 * Retry-After): nothing goes before it ends. */
+                uv_timer_start(&w->timer, on_retry_timer, w->paused_until_ms - now, 0);
+                return;
+        }
         seen_reset(w);
         for (e = outbox_first(w->outbox); e; e = next) {
                 int64_t age_us = now_us - e->created_us;
@@ -223,6 +232,14 @@ static void dispatch(WebhookSink *w)
                         continue;
                 }
                 expires = now + (w->max_age_ms - (age_us > 0 ? (uint64_t)age_us / 1000 : 0));
+                if (w->disabled) {
+                        /* Kept for a restart or reload, but not past
+                         * max-age: the outbox of a disabled webhook does
+                         * not grow without bound. */
+                        if (expires < wake)
+                                wake = expires;
+                        continue;
+                }
                 if (e->not_before_ms > now) {
                         uint64_t at = e->not_before_ms < expires ? e->not_before_ms : expires;
                         if (at < wake)
@@ -269,6 +286,17 @@ static void retry_later(WebhookSink *w, OutboxEntry *e, WebhookFailure kind, con
                 e->failures++;
         delay = honour ? (uint64_t)resp->retry_after_ms
                        : webhook_retry_delay(w->retry_min_ms, w->retry_max_ms, e->failures, next_random(w));
+        if (honour) {
+                /* Never sooner than retry-min (a "Retry-After: 0" must not
+                 * become a tight loop), never past max-age; and the receiver
+                 * asked for a pause, not only for this event. */
+                if (delay < w->retry_min_ms)
+                        delay = w->retry_min_ms;
+                if (delay > w->max_age_ms)
+                        delay = w->max_age_ms;
+                if (uv_now(w->loop) + delay > w->paused_until_ms)
+                        w->paused_until_ms = uv_now(w->loop) + delay;
+        }
         e->not_before_ms = uv_now(w->loop) + delay;
         if (!log_ratelimit_ok(&w->fail_rl, uv_now(w->loop), &suppressed))
                 return;
@@ -298,7 +326,10 @@ static void on_attempt_done(void *userdata, const HttpResponse *resp)
         if (resp->error == HTTP_ERR_CANCELLED)
                 /* Closing: the event stays in the outbox for the next run. */
                 return;
-        if (resp->error == HTTP_OK && resp->status >= 200 && resp->status < 300) {
+        /* The answer's body is not needed: a 2xx whose body was too big to
+         * keep is a delivery all the same. */
+        if ((resp->error == HTTP_OK || resp->error == HTTP_ERR_TOO_LARGE) && resp->status >= 200 &&
+            resp->status < 300) {
                 w->stats.successes++;
                 outbox_done(w->outbox, e);
         } else if (resp->error == HTTP_OK && resp->status == 410) {
@@ -398,6 +429,7 @@ int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *o)
                 log_notice("Webhook '%s' is enabled again by the reload.", w->name);
                 w->disabled = false;
         }
+        w->paused_until_ms = 0;
         if (!w->closing)
                 dispatch(w);
         return 0;

@@ -258,6 +258,79 @@ class WebhookTest(unittest.TestCase):
         self.wait_delivered(rx, [active["id"], failed["id"]], timeout=30)
         self.stop(third)
 
+    def test_a_2xx_with_a_big_body_is_a_delivery(self):
+        ids = self.sessions("sesbig", 1)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        rx = self.receiver()
+        rx.answer(200, {"_body_size": 300000})  # over the 64 KiB kept of an answer
+        daemon = self.make_daemon(sim, ids, {"big": self.webhook(rx.url)}).start()
+        event = daemon.wait_for_events(count=1, timeout=20)[0]
+        self.wait_delivered(rx, [event["id"]])
+        time.sleep(1)  # a retry would come within retry-max (200 ms)
+        self.assertEqual([r.id for r in rx.snapshot()], [event["id"]])
+        self.stop(daemon)
+        self.assertIn("Webhook 'big': 1 attempt(s), 1 delivered, 0 dropped", daemon.stderr_text())
+
+    def test_retry_after_pauses_the_whole_webhook(self):
+        # A 429 with Retry-After holds every session's events for that
+        # webhook, not only the one answered; "Retry-After: 0" waits
+        # retry-min rather than retrying at once.
+        ids = self.sessions("sespause", 2)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        rx = self.receiver()
+        rx.answer(429, {"Retry-After": "2"}, count=1)
+        hook = self.webhook(rx.url, **{"max-in-flight": 1, "retry-min": "500ms", "retry-max": "1s"})
+        daemon = self.make_daemon(sim, ids, {"p": hook}).start()
+        events = daemon.wait_for_events(count=2, timeout=20)
+        self.wait_delivered(rx, [e["id"] for e in events], timeout=20)
+        requests = rx.snapshot()
+        first_429 = next(r for r in requests if r.status == 429)
+        after = [r for r in requests if r.time > first_429.time]
+        self.assertTrue(after)
+        self.assertGreaterEqual(min(r.time for r in after) - first_429.time, 1.5,
+                                [(r.id, r.status, r.time) for r in requests])
+
+        rx.answer(429, {"Retry-After": "0"}, count=1)
+        sim.set_status(ids[0], "Waiting")
+        waiting = daemon.wait_for_event(lambda e: e["data"]["status"] == "Waiting", timeout=20)
+        self.wait_delivered(rx, [waiting["id"]], timeout=20)
+        tries = [r for r in rx.snapshot() if r.id == waiting["id"]]
+        self.assertEqual([r.status for r in tries], [429, 200])
+        self.assertGreaterEqual(tries[1].time - tries[0].time, 0.4)
+        self.stop(daemon)
+
+    def test_a_disabled_webhook_still_expires_old_events(self):
+        ids = self.sessions("sesdisx", 1)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        rx = self.receiver()
+        rx.answer(410)
+        daemon = self.make_daemon(sim, ids, {"gone": self.webhook(rx.url, **{"max-age": "1s"})}).start()
+        daemon.wait_for_events(count=1, timeout=20)
+        swtest.wait_until(lambda: "answered 410 Gone" in daemon.stderr_text(), timeout=10)
+        sim.set_status(ids[0], "Failed")
+        daemon.wait_for_event(lambda e: e["data"]["status"] == "Failed", timeout=20)
+        outbox = os.path.join(self.tmp.state, "outbox-gone")
+        swtest.wait_until(lambda: outbox_pending(outbox) == [], timeout=15,
+                          message=lambda: f"still kept: {outbox_pending(outbox)}")
+        self.assertEqual(len(rx.snapshot()), 1)
+        self.stop(daemon)
+
+    def test_expiring_several_events_of_one_session(self):
+        # Several pending events of one session expire in one walk of the
+        # queue (the sanitizer build checks the walk's memory use).
+        ids = self.sessions("sesexp", 1)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        rx = self.receiver(start=False, port=swtest.free_port())
+        daemon = self.make_daemon(sim, ids, {"down": self.webhook(rx.url, **{"max-age": "1500ms"})}).start()
+        daemon.wait_for_events(count=1, timeout=20)
+        for status in ("Waiting", "Active", "Failed"):
+            self.change(daemon, sim, ids[0], status, timeout=20)
+        outbox = os.path.join(self.tmp.state, "outbox-down")
+        swtest.wait_until(lambda: outbox_pending(outbox) == [], timeout=15,
+                          message=lambda: f"still pending: {outbox_pending(outbox)}")
+        self.stop(daemon)
+        self.assertIn("4 dropped", daemon.stderr_text())
+
     def test_dead_webhook_does_not_delay_live_one_or_polling(self):
         ids = self.sessions("sesiso", 4)
         steady = f"sessteady{uuid.uuid4().hex[:6]}"

@@ -137,6 +137,10 @@ class WebhookReceiver:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 reply = b'{"ok":true}' if 200 <= mode < 300 else b'{"error":"test"}'
+                headers = dict(headers)
+                size = headers.pop("_body_size", None)  # a test asking for a big body
+                if size is not None:
+                    reply = b'"' + b"x" * (int(size) - 2) + b'"'
                 # Recorded before the answer leaves, so a test that sees the
                 # daemon act on it finds it recorded.
                 request.status = mode

@@ -29,6 +29,14 @@ typedef struct PersistQueue {
         size_t n, cap;
 } PersistQueue;
 
+/* A discovery watermark is written only after the state of the sessions
+ * its sweep found: `gen` is the batch of held writes it waits for. */
+typedef struct HeldWatermark {
+        char key[72];
+        int64_t newest_us;
+        uint64_t gen;
+} HeldWatermark;
+
 /* How far one webhook's outbox must be written before the held state
  * writes may go. */
 typedef struct PersistMark {
@@ -79,6 +87,11 @@ struct Daemon {
         PersistMark *persist_marks;
         size_t n_persist_marks;
         bool persist_armed;
+        uint64_t persist_armed_gen;    /* batches armed so far: the one held in `wait` */
+        uint64_t persist_released_gen; /* the last batch written */
+        /* Discovery watermarks that wait for the sessions they cover. */
+        HeldWatermark *held_wm;
+        size_t n_held_wm, cap_held_wm;
         size_t state_dropped; /* loaded sessions no longer watched */
 
         PollSlot *slots;

@@ -213,6 +213,75 @@ static void persist_arm(Daemon *d)
                         d->persist_marks[d->n_persist_marks++] =
                             (PersistMark){d->sinks[k], sink_webhook_mark(d->sinks[k])};
         d->persist_armed = true;
+        d->persist_armed_gen++;
+}
+
+static void put_watermark(Daemon *d, const char *key, int64_t newest_us)
+{
+        int r = state_put_watermark(d->state, key, strlen(key), newest_us);
+
+        if (r < 0)
+                log_error_errno(r, "Failed to record the discovery watermark of '%s': %m", key);
+}
+
+/* Writes the held watermarks whose batch was written (all of them with
+ * `all`). */
+static void release_watermarks(Daemon *d, bool all)
+{
+        size_t kept = 0;
+
+        for (size_t k = 0; k < d->n_held_wm; k++) {
+                HeldWatermark *h = &d->held_wm[k];
+
+                if (all || h->gen <= d->persist_released_gen)
+                        put_watermark(d, h->key, h->newest_us);
+                else
+                        d->held_wm[kept++] = *h;
+        }
+        d->n_held_wm = kept;
+}
+
+/* Records a discovery watermark, after the state of every session found
+ * before it: a kill in between must not leave a watermark that skips
+ * sessions whose state (and events, for the webhooks) never became
+ * durable. */
+static void persist_watermark(Daemon *d, const char *key, int64_t newest_us)
+{
+        uint64_t gen;
+
+        if (!d->state)
+                return;
+        if (!d->persist_armed) {
+                put_watermark(d, key, newest_us);
+                return;
+        }
+        /* Sessions queued in `next` belong to the batch armed after this one. */
+        gen = d->persist_armed_gen + (d->persist_next.n > 0 ? 1 : 0);
+        for (size_t k = 0; k < d->n_held_wm; k++)
+                if (strcmp(d->held_wm[k].key, key) == 0) {
+                        d->held_wm[k].newest_us = newest_us;
+                        d->held_wm[k].gen = gen;
+                        return;
+                }
+        if (strlen(key) >= sizeof(d->held_wm[0].key)) {
+                put_watermark(d, key, newest_us);
+                return;
+        }
+        if (d->n_held_wm == d->cap_held_wm) {
+                size_t cap = d->cap_held_wm ? d->cap_held_wm * 2 : 8;
+                HeldWatermark *v = realloc(d->held_wm, cap * sizeof(*v));
+
+                if (!v) {
+                        /* Without memory, the order gives way. */
+                        put_watermark(d, key, newest_us);
+                        return;
+                }
+                d->held_wm = v;
+                d->cap_held_wm = cap;
+        }
+        d->held_wm[d->n_held_wm] = (HeldWatermark){.newest_us = newest_us, .gen = gen};
+        snprintf(d->held_wm[d->n_held_wm].key, sizeof(d->held_wm[0].key), "%s", key);
+        d->n_held_wm++;
 }
 
 /* Writes the held sessions whose events are all in the outboxes now. A
@@ -236,6 +305,7 @@ static void persist_release(Daemon *d, bool all)
                                 persist_now(d, d->persist_next.v[k]);
                         d->persist_wait.n = d->persist_next.n = 0;
                         d->persist_armed = false;
+                        release_watermarks(d, true);
                         return;
                 }
                 /* qsort() and bsearch() take no NULL array, not even an empty one. */
@@ -250,6 +320,8 @@ static void persist_release(Daemon *d, bool all)
                 }
                 d->persist_wait.n = 0;
                 d->persist_armed = false;
+                d->persist_released_gen = d->persist_armed_gen;
+                release_watermarks(d, false);
                 if (d->persist_next.n > 0)
                         persist_arm(d);
         }
@@ -638,6 +710,7 @@ static void finish(Daemon *d)
         persist_release(d, false);
         d->persist_wait.n = d->persist_next.n = 0;
         d->persist_armed = false;
+        d->n_held_wm = 0; /* the next start sweeps from the older watermark */
         for (size_t i = 0; i < d->n_sinks; i++) {
                 sink_close(d->sinks[i]);
                 d->sinks[i] = NULL;
@@ -1335,12 +1408,8 @@ static void on_discovery_page(void *userdata, const DiscoveryScope *sc, bool com
 
         if (d->stopping)
                 return;
-        if (moved && d->state) {
-                const char *key = discovery_scope_key(sc);
-                int r = state_put_watermark(d->state, key, strlen(key), sc->newest_us);
-                if (r < 0)
-                        log_error_errno(r, "Failed to record the discovery watermark of '%s': %m", key);
-        }
+        if (moved)
+                persist_watermark(d, discovery_scope_key(sc), sc->newest_us);
         if (complete &&
             (d->last_retire_ms == 0 || now - d->last_retire_ms >= d->config->watch.discover_interval_ms)) {
                 d->last_retire_ms = now;
@@ -1390,6 +1459,7 @@ static void daemon_free(Daemon *d)
         free(d->persist_wait.v);
         free(d->persist_next.v);
         free(d->persist_marks);
+        free(d->held_wm);
         for (size_t i = 0; i < d->n_sinks; i++)
                 sink_free(d->sinks[i]);
         free(d->sinks);

@@ -346,5 +346,57 @@ class DiscoveryTest(unittest.TestCase):
         self.assertRegex(daemon.stderr_text(), r"sessions discovered, [1-9]\d* refused past max-sessions")
 
 
+
+class WatermarkOrderTest(unittest.TestCase):
+    """A discovery watermark becomes durable only after the state of the
+    sessions its sweep found, which itself waits for the webhook outboxes:
+    killed in between (outbox writes slowed by a test hook), the daemon
+    finds the sessions again after a restart and no event is lost for the
+    webhook."""
+
+    def test_kill_before_the_sessions_are_durable(self):
+        import base64
+
+        from webhook_receiver import WebhookReceiver
+
+        tmp = swtest.temp_dirs(self)
+        secret = "whsec_" + base64.b64encode(b"watermark order test secret key!").decode()
+        secret_file = os.path.join(tmp.conf, "wm.secret")
+        with open(secret_file, "w") as f:
+            f.write(secret + "\n")
+        old, new = f"seswmold{uuid.uuid4().hex[:6]}", f"seswmnew{uuid.uuid4().hex[:6]}"
+        sim = swtest.ApiSim(tmp, scenario={"sessions": [
+            swtest.sim_session(old, [[-600, "Active"]], runbook_id="rbkwm"),
+            swtest.sim_session(new, [[-1, "Active"]], runbook_id="rbkwm")]}).register(self).start()
+        rx = WebhookReceiver(secrets=[secret], port=swtest.free_port()).register(self)
+
+        def daemon(name, env=None):
+            config = {
+                "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off"},
+                "poll": {"interval": "100ms", "waiting-interval": "100ms"},
+                "watch": {"runbook": ["rbkwm"], "discover-interval": "300ms"},
+                "journal": {"enable": False},
+                "state": {"path": tmp.state},
+                ("webhook", "main"): {"url": rx.url, "secret-file": secret_file, "retry-min": "50ms",
+                                      "retry-max": "200ms"},
+            }
+            d = swtest.Daemon(tmp, config, print_events=True, name=name, env=env)
+            d.register(self)
+            return d.start()
+
+        first = daemon("sessionwatchd-1", env={"SW_TEST_HOOKS": "1", "SW_TEST_OUTBOX_WRITE_DELAY_MS": "5000"})
+        events = first.wait_for_events(count=2, timeout=20)
+        time.sleep(1.5)  # sweeps go on; a watermark that did not wait is on disk by now
+        with open(os.path.join(tmp.state, "state")) as f:
+            self.assertNotIn(" W ", f.read())
+        first.kill()
+
+        second = daemon("sessionwatchd-2")
+        rx.start()
+        swtest.wait_until(lambda: {e["id"] for e in events} <= set(rx.delivered_ids()), timeout=20,
+                          message=lambda: f"lost: {[e['subject'] for e in events if e['id'] not in rx.delivered_ids()]}")
+        swtest.assert_exit(second.stop(), 0, second)
+
+
 if __name__ == "__main__":
     unittest.main()

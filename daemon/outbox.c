@@ -589,6 +589,10 @@ static void job_append(Job *j)
         if (j->sync && fdatasync(j->fd) < 0) {
                 j->error = -errno;
                 j->what = "fdatasync";
+                /* The records go back to be written again: take this copy
+                 * off, so the file holds each once and its size is what
+                 * the loop thread believes. */
+                (void)ftruncate(j->fd, (off_t)j->file_size);
         }
 }
 

@@ -21,8 +21,9 @@
 #define CONTROL_LINE_MAX (64 * 1024)
 /* Connections past this are accepted and closed at once. */
 #define CONTROL_CONNECTIONS_MAX 64
-/* Ids in one watch or unwatch request. */
-#define CONTROL_IDS_MAX 10000
+/* Ids in one watch or unwatch request: as many as fit a line, at 64
+ * characters each (sessionwatchctl sends longer lists in several). */
+#define CONTROL_IDS_MAX 900
 /* The default and the largest page of a list reply. */
 #define CONTROL_LIST_DEFAULT_LIMIT 1000
 #define CONTROL_LIST_MAX_LIMIT 10000

@@ -20,6 +20,9 @@
 #define REPLY_QUEUE_MAX ((size_t)1024 * 1024)
 /* Supplementary groups looked at for the control group. */
 #define PEER_GROUPS_MAX 256
+/* A connection with no request under way is closed after this long
+ * without a byte: idle connections must not keep the slots from others. */
+#define CLIENT_IDLE_MS 30000
 
 typedef struct ControlClient {
         ControlServer *server;
@@ -37,6 +40,8 @@ typedef struct ControlClient {
         size_t n_groups;
         char *buf; /* CONTROL_LINE_MAX + 1 bytes */
         size_t len;
+        bool more;             /* complete requests wait for the next loop turn */
+        uint64_t last_read_ms; /* uv_now() of the last bytes read, or of the accept */
 } ControlClient;
 
 struct ControlServer {
@@ -44,6 +49,7 @@ struct ControlServer {
         uv_pipe_t listener;
         char *path;
         bool unlink;
+        UnixSockId bound; /* the file bound, removed at close only while it is still that one */
         bool closing;
         bool listener_open;
         gid_t group_gid; /* (gid_t)-1: none */
@@ -52,6 +58,12 @@ struct ControlServer {
         ControlClient *clients;
         unsigned n_clients;
         unsigned allocated_clients; /* including those whose handle is closing */
+        /* One request per client per loop turn: a client that sends many at
+         * once is answered over several turns, so expensive requests (a
+         * status over a big table) cannot hold the loop back in a batch. */
+        uv_idle_t more;
+        uv_timer_t idle_sweep; /* closes connections idle past CLIENT_IDLE_MS */
+        unsigned open_handles; /* `more` and `idle_sweep` not yet closed */
 };
 
 typedef struct ControlWrite {
@@ -61,6 +73,7 @@ typedef struct ControlWrite {
 } ControlWrite;
 
 static void client_process(ControlClient *c);
+static void on_more_idle(uv_idle_t *h);
 static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf);
 
@@ -108,7 +121,7 @@ bool control_peer_allowed(uid_t uid, gid_t gid, const gid_t *groups, size_t n_gr
 static void maybe_free_server(ControlServer *s)
 {
         /* libuv runs close callbacks in no promised order: the last one frees. */
-        if (s->closing && s->allocated_clients == 0 && !s->listener_open) {
+        if (s->closing && s->allocated_clients == 0 && !s->listener_open && s->open_handles == 0) {
                 free(s->path);
                 free(s);
         }
@@ -300,7 +313,7 @@ static json_object *handle_line(ControlClient *c, const char *line, size_t n)
         }
         name = json_object_get_string(v);
         for (cmd = s->commands; cmd->name; cmd++)
-                if (strcmp(cmd->name, name) == 0)
+                if (strcmp(cmd->name, name) == 0 && (size_t)json_object_get_string_len(v) == strlen(name))
                         break;
         if (!cmd->name) {
                 char shown[80];
@@ -329,6 +342,8 @@ static json_object *handle_line(ControlClient *c, const char *line, size_t n)
  * client reads its replies; an overlong line ends the connection. */
 static void client_process(ControlClient *c)
 {
+        unsigned handled = 0;
+
         for (;;) {
                 char *nl;
                 size_t n;
@@ -353,8 +368,20 @@ static void client_process(ControlClient *c)
                 for (size_t k = 0; k < n; k++)
                         if (c->buf[k] != ' ' && c->buf[k] != '\t')
                                 blank = false;
-                if (!blank)
+                if (!blank && handled > 0) {
+                        /* The next one waits for the next loop turn. */
+                        if (c->reading) {
+                                uv_read_stop((uv_stream_t *)&c->pipe);
+                                c->reading = false;
+                        }
+                        c->more = true;
+                        uv_idle_start(&c->server->more, on_more_idle);
+                        return;
+                }
+                if (!blank) {
                         send_reply(c, handle_line(c, c->buf, n));
+                        handled++;
+                }
                 n = (size_t)(nl - c->buf) + 1;
                 memmove(c->buf, c->buf + n, c->len - n);
                 c->len -= n;
@@ -386,6 +413,41 @@ static void client_process(ControlClient *c)
         }
 }
 
+/* The loop turned: each client with requests waiting gets one more
+ * answered. Runs on the loop thread. */
+static void on_more_idle(uv_idle_t *h)
+{
+        ControlServer *s = h->data;
+        bool any = false;
+
+        for (ControlClient *c = s->clients, *next; c; c = next) {
+                next = c->next;
+                if (!c->more)
+                        continue;
+                c->more = false;
+                client_process(c);
+        }
+        for (ControlClient *c = s->clients; c && !any; c = c->next)
+                any = c->more;
+        if (!any)
+                uv_idle_stop(h);
+}
+
+/* Every few seconds, on the loop thread: connections that sent nothing for
+ * CLIENT_IDLE_MS and have nothing under way are closed. */
+static void on_idle_sweep(uv_timer_t *t)
+{
+        ControlServer *s = t->data;
+        uint64_t now = uv_now(s->loop);
+
+        for (ControlClient *c = s->clients, *next; c; c = next) {
+                next = c->next;
+                if (!c->ending && !c->more && c->len == 0 && client_queued(c) == 0 &&
+                    now - c->last_read_ms >= CLIENT_IDLE_MS)
+                        client_close(c);
+        }
+}
+
 static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
         ControlClient *c = h->data;
@@ -400,6 +462,7 @@ static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 
         if (c->closing)
                 return;
+        c->last_read_ms = uv_now(c->server->loop);
         if (n < 0) {
                 uv_read_stop(stream);
                 c->reading = false;
@@ -445,6 +508,7 @@ static void on_control_connection(uv_stream_t *server, int status)
                 return;
         }
         c->server = s;
+        c->last_read_ms = uv_now(s->loop);
         s->allocated_clients++;
         uv_pipe_init(s->loop, &c->pipe, 0);
         c->pipe.data = c;
@@ -469,6 +533,14 @@ static void on_control_connection(uv_stream_t *server, int status)
         client_load_peer(c);
         if (client_start_reading(c) < 0)
                 client_close(c);
+}
+
+static void on_server_handle_closed(uv_handle_t *h)
+{
+        ControlServer *s = h->data;
+
+        s->open_handles--;
+        maybe_free_server(s);
 }
 
 static void on_listener_closed(uv_handle_t *h)
@@ -507,12 +579,18 @@ int control_new(uv_loop_t *loop, const ControlOptions *o, ControlServer **ret)
         uv_pipe_init(loop, &s->listener, 0);
         s->listener.data = s;
         s->listener_open = true;
+        uv_idle_init(loop, &s->more);
+        uv_timer_init(loop, &s->idle_sweep);
+        s->more.data = s->idle_sweep.data = s;
+        s->open_handles = 2;
+        uv_timer_start(&s->idle_sweep, on_idle_sweep, CLIENT_IDLE_MS / 6, CLIENT_IDLE_MS / 6);
+        uv_unref((uv_handle_t *)&s->idle_sweep);
         if (o->fd >= 0) {
                 r = uv_pipe_open(&s->listener, o->fd);
                 if (r < 0)
                         log_error_errno(r, "Failed to use the passed socket for '%s': %m", s->path);
         } else {
-                r = unixsock_bind(&s->listener, s->path, o->mode, o->group);
+                r = unixsock_bind(&s->listener, s->path, o->mode, o->group, &s->bound);
                 s->unlink = r >= 0;
         }
         if (r >= 0) {
@@ -533,10 +611,12 @@ void control_close(ControlServer *s)
         if (!s || s->closing)
                 return;
         s->closing = true;
-        if (s->unlink)
+        if (s->unlink && unixsock_still_ours(s->path, &s->bound))
                 (void)unlink(s->path);
         while (s->clients)
                 client_close(s->clients);
+        uv_close((uv_handle_t *)&s->more, on_server_handle_closed);
+        uv_close((uv_handle_t *)&s->idle_sweep, on_server_handle_closed);
         uv_close((uv_handle_t *)&s->listener, on_listener_closed);
 }
 

@@ -2216,7 +2216,8 @@ static json_object *get_ids(json_object *req, const char *command, json_object *
                 json_object *v = json_object_array_get_idx(ids, k);
                 const char *id = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
 
-                if (!id || !config_session_id_valid(id)) {
+                /* An id with a NUL inside would be cut short, to another id. */
+                if (!id || (size_t)json_object_get_string_len(v) != strlen(id) || !config_session_id_valid(id)) {
                         char shown[80] = "(not a string)";
 
                         if (id) {

@@ -22,6 +22,9 @@
 #define REPLY_MAX ((size_t)64 * 1024 * 1024)
 #define RECONNECT_DELAY_S 1
 
+/* Set by SIGINT/SIGTERM while `events` follows the stream. */
+static volatile sig_atomic_t stop_requested;
+
 static bool arg_json;
 static const char *arg_socket;
 static char default_socket[4096];
@@ -131,7 +134,7 @@ static char *read_line(LineReader *lr, size_t max, int *ret_error)
                 }
                 k = read(lr->fd, lr->buf + lr->len, lr->allocated - lr->len - 1);
                 if (k < 0) {
-                        if (errno == EINTR)
+                        if (errno == EINTR && !stop_requested)
                                 continue;
                         *ret_error = -errno;
                         return NULL;
@@ -363,20 +366,57 @@ static void print_unwatch(json_object *r)
         print_ids(r, "unknown", "", " was not watched.");
 }
 
+/* Sends the ids in requests of at most CONTROL_IDS_MAX and merges the
+ * replies' id lists, so any number can be given. */
 static int cmd_ids(const char *command, int argc, char **argv, void (*print)(json_object *))
 {
-        json_object *req, *ids;
+        static const char *const lists[] = {"added", "already", "removed", "unknown"};
+        json_object *merged;
+        int r = 0;
 
         if (argc < 1) {
                 fprintf(stderr, "sessionwatchctl: '%s' needs at least one session id\n", command);
                 return CTL_EXIT_USAGE;
         }
-        req = make_request(command);
-        ids = json_object_new_array();
-        for (int k = 0; k < argc; k++)
-                json_object_array_add(ids, json_object_new_string(argv[k]));
-        json_object_object_add(req, "ids", ids);
-        return run_simple(req, print);
+        merged = json_object_new_object();
+        json_object_object_add(merged, "ok", json_object_new_boolean(1));
+        for (int from = 0; from < argc && r == 0; from += CONTROL_IDS_MAX) {
+                json_object *req = make_request(command), *ids = json_object_new_array(), *reply = NULL;
+
+                for (int k = from; k < argc && k < from + CONTROL_IDS_MAX; k++)
+                        json_object_array_add(ids, json_object_new_string(argv[k]));
+                json_object_object_add(req, "ids", ids);
+                r = request(req, &reply);
+                json_object_put(req);
+                if (r != 0)
+                        break;
+                r = check_reply(reply);
+                if (r == 0)
+                        for (size_t l = 0; l < sizeof(lists) / sizeof(lists[0]); l++) {
+                                json_object *part = get(reply, lists[l]), *all = get(merged, lists[l]);
+
+                                if (!part)
+                                        continue;
+                                if (!all) {
+                                        all = json_object_new_array();
+                                        json_object_object_add(merged, lists[l], all);
+                                }
+                                for (size_t k = 0; k < json_object_array_length(part); k++)
+                                        json_object_array_add(all, json_object_get(json_object_array_get_idx(part, k)));
+                        }
+                else if (from > 0)
+                        fprintf(stderr, "sessionwatchctl: the first %d id(s) were taken before this error\n",
+                                from);
+                json_object_put(reply);
+        }
+        if (r == 0) {
+                if (arg_json)
+                        printf("%s\n", json_object_to_json_string_ext(merged, JSON_C_TO_STRING_PLAIN));
+                else
+                        print(merged);
+        }
+        json_object_put(merged);
+        return r;
 }
 
 static int cmd_list(int argc, char **argv)
@@ -512,7 +552,7 @@ static void print_event_line(json_object *e, bool colour)
         const char *subject = get_str(e, "subject", "?"), *status = get_str(data, "status", NULL),
                    *previous = get_str(data, "previousStatus", NULL), *name = get_str(session, "name", NULL);
         const char *on = colour ? status_colour(status) : "", *off = colour && *on ? "\033[0m" : "";
-        char when[16] = "--:--:--", who[200];
+        char when[16] = "--:--:--", who[200], st[80], prev[80];
         struct tm tm;
         time_t now = time(NULL);
 
@@ -532,6 +572,21 @@ static void print_event_line(json_object *e, bool colour)
         for (char *p = who; *p; p++)
                 if ((unsigned char)*p < 0x20 || *p == 0x7f)
                         *p = '?';
+        /* Statuses too: a status outside the enum is the API's raw text. */
+        if (status) {
+                snprintf(st, sizeof(st), "%s", status);
+                for (char *p = st; *p; p++)
+                        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                                *p = '?';
+                status = st;
+        }
+        if (previous) {
+                snprintf(prev, sizeof(prev), "%s", previous);
+                for (char *p = prev; *p; p++)
+                        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                                *p = '?';
+                previous = prev;
+        }
         if (strcmp(type, "sessionwatch.session.snapshot") == 0)
                 printf("%s %s is %s%s%s (snapshot)\n", when, who, on, status ? status : "?", off);
         else if (strcmp(type, "sessionwatch.session.gone") == 0)
@@ -544,7 +599,6 @@ static void print_event_line(json_object *e, bool colour)
                 printf("%s %s → %s%s%s (new)\n", when, who, on, status ? status : "?", off);
 }
 
-static volatile sig_atomic_t stop_requested;
 
 static void on_stop(int sig)
 {
@@ -658,6 +712,9 @@ int main(int argc, char **argv)
         };
         const char *rt = getenv("RUNTIME_DIRECTORY"), *command;
         int c;
+
+        /* A daemon that hangs up learns us an EPIPE, not a death by signal. */
+        signal(SIGPIPE, SIG_IGN);
 
         if (rt && *rt) {
                 /* A colon-separated list names several directories: the first is ours. */

@@ -73,7 +73,8 @@ struct SocketSink {
         uv_loop_t *loop;
         uv_pipe_t listener;
         char *path;  /* a copy of the configured path, for messages */
-        bool unlink; /* the path was bound here and is removed at close */
+        bool unlink;
+        UnixSockId bound; /* the file bound, removed at close only while it is still that one */ /* the path was bound here and is removed at close */
         SinkSocketOptions opt;
         char *source;
         StreamRing ring;
@@ -572,7 +573,7 @@ static void socket_close(Sink *sink)
         SocketSink *s = (SocketSink *)sink;
 
         s->closing = true;
-        if (s->unlink)
+        if (s->unlink && unixsock_still_ours(s->path, &s->bound))
                 (void)unlink(s->path);
         while (s->clients)
                 client_close(s->clients);
@@ -655,7 +656,7 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
                 if (r < 0)
                         log_error_errno(r, "Failed to use the passed socket for '%s': %m", s->path);
         } else {
-                r = unixsock_bind(&s->listener, s->path, o->mode, o->group);
+                r = unixsock_bind(&s->listener, s->path, o->mode, o->group, &s->bound);
                 s->unlink = r >= 0;
         }
         if (r >= 0) {

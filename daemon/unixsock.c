@@ -1,6 +1,9 @@
+#include <stdbool.h>
 #include <errno.h>
 #include <grp.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -29,7 +32,30 @@ int unixsock_resolve_group(const char *name, gid_t *ret)
         return 0;
 }
 
-int unixsock_bind(uv_pipe_t *pipe, const char *path, mode_t mode, const char *group)
+/* Whether a process listens on the socket file at `path`: a connection
+ * attempt (non-blocking) is answered or queued. */
+static bool socket_in_use(const char *path)
+{
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        bool used;
+
+        if (fd < 0)
+                return false;
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        used = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 || errno == EAGAIN || errno == EINPROGRESS;
+        close(fd);
+        return used;
+}
+
+bool unixsock_still_ours(const char *path, const UnixSockId *id)
+{
+        struct stat st;
+
+        return lstat(path, &st) == 0 && st.st_dev == id->dev && st.st_ino == id->ino;
+}
+
+int unixsock_bind(uv_pipe_t *pipe, const char *path, mode_t mode, const char *group, UnixSockId *ret_id)
 {
         const size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
         struct stat st;
@@ -43,6 +69,12 @@ int unixsock_bind(uv_pipe_t *pipe, const char *path, mode_t mode, const char *gr
                 if (!S_ISSOCK(st.st_mode)) {
                         log_error("'%s' exists and is not a socket; refusing to replace it.", path);
                         return -EEXIST;
+                }
+                /* Only a socket nobody listens on is stale: another running
+                 * daemon's must not be taken over. */
+                if (socket_in_use(path)) {
+                        log_error("'%s' is in use by a running process (another sessionwatchd?).", path);
+                        return -EADDRINUSE;
                 }
                 if (unlink(path) < 0)
                         return log_error_errno(errno, "Failed to remove the stale socket '%s': %m", path);
@@ -68,5 +100,11 @@ int unixsock_bind(uv_pipe_t *pipe, const char *path, mode_t mode, const char *gr
                         return r;
                 }
         }
+        if (lstat(path, &st) < 0) {
+                r = log_error_errno(errno, "Failed to look at '%s' after binding it: %m", path);
+                (void)unlink(path);
+                return r;
+        }
+        *ret_id = (UnixSockId){.dev = st.st_dev, .ino = st.st_ino};
         return 0;
 }

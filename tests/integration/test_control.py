@@ -13,6 +13,7 @@ error replies and the daemon stays healthy; exit codes 0, 1, 2 and 69.
 import json
 import os
 import socket
+import signal
 import subprocess
 import unittest
 
@@ -278,6 +279,9 @@ class ControlTest(unittest.TestCase):
             (b'{"command": "unwatch", "ids": [7]}', "bad-id"),
             (b'{"command": "list", "limit": 0}', "bad-request"),
             (b'{"command": "list", "status": 3}', "bad-request"),
+            # A NUL inside a string must not cut it to another, valid one.
+            (b'{"command": "watch", "ids": ["ok_id\\u0000x"]}', "bad-id"),
+            (b'{"command": "status\\u0000x"}', "unknown-command"),
         ]
         # All on one connection: one reply per line, in order.
         replies = self.raw(daemon, b"".join(line + b"\n" for line, _ in cases))
@@ -341,6 +345,57 @@ class ControlTest(unittest.TestCase):
         self.wait_polled(sim, "ses_h")
         swtest.wait_until(lambda: daemon.ctl("status").returncode == 0, timeout=10)
         self.assertTrue(daemon.running)
+        daemon.stop()
+
+    def test_many_ids_and_pipelined_requests(self):
+        sim = self.start_sim(["ses_p"])
+        daemon = self.start_daemon(sim, ["ses_p"])
+        # More ids than one request takes: sessionwatchctl sends them in parts.
+        ids = [f"ses_many_{k:05d}_{'x' * 40}" for k in range(2500)]
+        reply = daemon.ctl_json("watch", *ids)
+        self.assertEqual(len(reply["added"]), 2500)
+        self.assertEqual(daemon.ctl_json("status")["sessions"]["watched"], 2501)
+        reply = daemon.ctl_json("unwatch", *ids)
+        self.assertEqual(len(reply["removed"]), 2500)
+        # Many requests in one write are each answered, in order (over
+        # several loop turns).
+        replies = self.raw(daemon, b"".join(b'{"command":"list","limit":1,"cursor":%d}\n' % k for k in range(200)))
+        self.assertEqual(len(replies), 200)
+        self.assertTrue(all(r["ok"] for r in replies))
+        self.wait_polled(sim, "ses_p")
+        daemon.stop()
+
+    def test_a_second_daemon_does_not_take_the_sockets(self):
+        sim = self.start_sim(["ses_s"])
+        first = self.start_daemon(sim, ["ses_s"])
+        second = swtest.Daemon(self.tmp, self.config(sim, ["ses_s"]), name="sessionwatchd-2")
+        second.register(self)
+        second.start()
+        swtest.assert_exit(second.wait(timeout=20), 1, second)
+        self.assertIn("in use by a running process", second.stderr_text())
+        # The first one is still reachable, on both sockets.
+        self.assertTrue(first.request({"command": "status"})["ok"])
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(first.events_socket)
+        first.stop()
+        self.assertFalse(os.path.exists(first.control_socket))
+
+    def test_events_stops_on_sigint_while_idle(self):
+        sim = self.start_sim(["ses_i"])
+        daemon = self.start_daemon(sim, ["ses_i"])
+        proc = subprocess.Popen([swtest.binary_path("SW_CTL"), "--socket", daemon.control_socket, "events"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=swtest.child_env())
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        # Wait until it follows the stream (its live marker is out), then
+        # let nothing happen and interrupt it.
+        line = proc.stdout.readline()
+        while line and b"-- live" not in line:
+            line = proc.stdout.readline()
+        self.assertIn(b"-- live", line)
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(proc.wait(timeout=swtest.scaled(10)), 0)
+        proc.stdout.close()
+        proc.stderr.close()
         daemon.stop()
 
     def test_exit_codes(self):

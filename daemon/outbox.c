@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fdio.h"
 #include "log.h"
 #include "outbox.h"
 #include "state.h"
@@ -256,23 +257,6 @@ static int put_done(Buf *b, uint64_t seq)
 }
 
 /* ---- Blocking file helpers (threadpool, or outbox_open) ---- */
-
-static int write_all(int fd, const char *p, size_t n)
-{
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EIO;
-                p += k;
-                n -= (size_t)k;
-        }
-        return 0;
-}
 
 /* Reads complete lines of a file region [pos, end) with pread. */
 typedef struct LineReader {
@@ -576,7 +560,7 @@ static void job_append(Job *j)
         }
 
         if (j->buf.len > 0) {
-                r = write_all(j->fd, j->buf.data, j->buf.len);
+                r = fd_write_all(j->fd, j->buf.data, j->buf.len);
                 if (r < 0) {
                         j->error = r;
                         j->what = "write";
@@ -658,8 +642,8 @@ static int compact_fill(void *userdata, int fd)
         Record rec;
         int r;
 
-        if ((r = put_header(&head)) < 0 || (r = write_all(fd, head.data, head.len)) < 0 ||
-            (r = write_all(fd, j->buf.data, j->buf.len)) < 0) {
+        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0 ||
+            (r = fd_write_all(fd, j->buf.data, j->buf.len)) < 0) {
                 buf_free(&head);
                 return r;
         }
@@ -673,7 +657,7 @@ static int compact_fill(void *userdata, int fd)
                 if (parse_line(line, len, &rec) < 0 || rec.type != RECORD_EVENT || rec.seq <= j->mem_hi_seq)
                         continue;
                 /* The newline after the line is in the reader's buffer. */
-                r = write_all(fd, line, len + 1);
+                r = fd_write_all(fd, line, len + 1);
                 if (r < 0)
                         break;
                 j->new_size += len + 1;
@@ -1304,7 +1288,7 @@ static int load_take(Loader *l, int out_fd)
                         continue;
                 at = out_fd >= 0 ? l->out_size : off;
                 if (out_fd >= 0) {
-                        r = write_all(out_fd, line, len + 1);
+                        r = fd_write_all(out_fd, line, len + 1);
                         if (r < 0)
                                 break;
                         l->out_size += len + 1;
@@ -1336,7 +1320,7 @@ static int load_fill(void *userdata, int fd)
         Buf head = {};
         int r;
 
-        if ((r = put_header(&head)) < 0 || (r = write_all(fd, head.data, head.len)) < 0) {
+        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0) {
                 buf_free(&head);
                 return r;
         }
@@ -1388,7 +1372,7 @@ static int write_fresh(void *userdata, int fd)
         int r = put_header(&head);
 
         if (r >= 0)
-                r = write_all(fd, head.data, head.len);
+                r = fd_write_all(fd, head.data, head.len);
         l->out_size = head.len;
         buf_free(&head);
         return r;

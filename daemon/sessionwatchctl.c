@@ -16,6 +16,7 @@
 
 #include <json-c/json.h>
 
+#include "fdio.h"
 #include "control-proto.h"
 
 /* The longest reply line taken (a big list page or metrics text). */
@@ -74,20 +75,6 @@ static int connect_unix(const char *path)
         return fd;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t)k;
-        }
-        return 0;
-}
 
 /* A buffered line reader over a socket. */
 typedef struct LineReader {
@@ -164,9 +151,9 @@ static int request(json_object *req, json_object **ret)
         if (fd < 0)
                 return fail_unavailable(arg_socket, fd);
         lr.fd = fd;
-        r = write_all(fd, text, strlen(text));
+        r = fd_write_all(fd, text, strlen(text));
         if (r >= 0)
-                r = write_all(fd, "\n", 1);
+                r = fd_write_all(fd, "\n", 1);
         if (r < 0) {
                 close(fd);
                 return fail_unavailable(arg_socket, r);
@@ -672,7 +659,7 @@ static int cmd_events(int argc, char **argv)
                         snprintf(hello, sizeof(hello), "{\"since\":%" PRId64 "}\n", seq);
                 else
                         snprintf(hello, sizeof(hello), "{}\n");
-                (void)write_all(fd, hello, strlen(hello));
+                (void)fd_write_all(fd, hello, strlen(hello));
                 while (!stop_requested && (line = read_line(&lr, REPLY_MAX, &r))) {
                         json_object *e = json_tokener_parse(line), *s;
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "fdio.h"
 #include "log.h"
 #include "sink.h"
 
@@ -41,20 +42,6 @@ typedef struct PrintWrite {
         char data[];
 } PrintWrite;
 
-static int write_all(int fd, const char *p, size_t n)
-{
-        while (n > 0) {
-                ssize_t k = write(fd, p, n);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t)k;
-        }
-        return 0;
-}
 
 static void print_failed(PrintSink *p, int r)
 {
@@ -156,7 +143,7 @@ static void print_emit(Sink *s, const Event *e)
         if (p->async)
                 print_async(p, out, len);
         else {
-                r = write_all(p->fd, out, len);
+                r = fd_write_all(p->fd, out, len);
                 if (r < 0)
                         print_failed(p, r);
         }

@@ -570,7 +570,9 @@ class StateTest(unittest.TestCase):
                     self.assertIn("version 99", line)
                 else:
                     self.assertIn("checksum", line)
-                # Moved aside, same bytes; a fresh file took its place.
+                # Moved aside, same bytes; a fresh file took its place. (The
+                # "unreadable" line comes just before the move.)
+                daemon.wait_for_stderr(lambda l: "Moved it aside" in l)
                 aside = [f for f in os.listdir(folder) if f.startswith("state.corrupt")]
                 self.assertEqual(len(aside), 1, os.listdir(folder))
                 self.assertRegex(aside[0], CORRUPT_NAME)

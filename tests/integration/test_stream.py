@@ -403,6 +403,9 @@ class StreamTest(unittest.TestCase):
         stale.close()
         daemon = self.start_daemon(sim, ["ses_x"], events={"mode": "0640"})
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
+        # The mode is set between bind() and listen(): wait for the control
+        # socket to be listening (it may still be being set up).
+        self.assertTrue(daemon.request({"command": "status"})["ok"])
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
         self.assertEqual(stat.S_IMODE(os.stat(daemon.control_socket).st_mode), 0o600)
         reader = self.reader(daemon)

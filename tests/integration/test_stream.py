@@ -405,7 +405,7 @@ class StreamTest(unittest.TestCase):
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
         # The mode is set between bind() and listen(): wait for the control
         # socket to be listening (it may still be being set up).
-        self.assertTrue(daemon.request({"command": "status"})["ok"])
+        swtest.wait_until(lambda: daemon.request({"command": "status"})["ok"], timeout=10, ignore=(OSError,))
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o640)
         self.assertEqual(stat.S_IMODE(os.stat(daemon.control_socket).st_mode), 0o600)
         reader = self.reader(daemon)

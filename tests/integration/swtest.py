@@ -1040,6 +1040,16 @@ class Daemon(Process):
                                  f"{done.stderr.strip()} {done.stdout.strip()}")
         return json.loads(done.stdout)
 
+    def wait_control(self, timeout=10):
+        """Wait until the control socket answers a ``status`` request (its
+        file appears at bind(), a moment before the daemon listens)."""
+        def answers():
+            if not self.running:
+                raise AssertionError(f"{self.name} exited\n{self.describe()}")
+            return self.request({"command": "status"}, timeout=2).get("ok")
+        return wait_until(answers, timeout=timeout, ignore=(OSError, ValueError),
+                          message=lambda: f"the control socket does not answer\n{self.describe()}")
+
     def request(self, obj_or_line, socket_path=None, timeout=10):
         """Send one request line (a dict, or raw text without the newline) to
         the control socket and return the parsed reply."""

@@ -50,8 +50,7 @@ class ControlTest(unittest.TestCase):
         daemon = swtest.Daemon(self.tmp, config or self.config(sim, ids, control), name=name)
         daemon.register(self)
         daemon.start()
-        swtest.wait_until(lambda: os.path.exists(daemon.control_socket), timeout=10,
-                          message=lambda: f"no control socket\n{daemon.describe()}")
+        daemon.wait_control()
         return daemon
 
     def wait_polled(self, sim, session, more=3, timeout=15):

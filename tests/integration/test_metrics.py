@@ -153,8 +153,7 @@ class MetricsTest(unittest.TestCase):
     def start_daemon(self, *args, **kwargs):
         daemon = self.make_daemon(*args, **kwargs)
         daemon.start()
-        swtest.wait_until(lambda: os.path.exists(daemon.control_socket), timeout=10,
-                          message=lambda: f"no control socket\n{daemon.describe()}")
+        daemon.wait_control()
         return daemon
 
     @staticmethod

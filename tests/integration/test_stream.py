@@ -120,8 +120,7 @@ class StreamTest(unittest.TestCase):
         daemon = swtest.Daemon(self.tmp, config, print_events=True, name=name)
         daemon.register(self)
         daemon.start()
-        swtest.wait_until(lambda: os.path.exists(daemon.control_socket), timeout=10,
-                          message=lambda: f"no control socket\n{daemon.describe()}")
+        daemon.wait_control()
         return daemon
 
     def reader(self, daemon, **kwargs):
@@ -365,7 +364,7 @@ class StreamTest(unittest.TestCase):
         config = swtest.Daemon.basic_config(sim.url, sessions=ids, extra={
             "api": {"rate-limit": "off"}, "poll": config_poll, "journal": {"enable": False}})
         daemon = swtest.Daemon(self.tmp, config).register(self).start()
-        swtest.wait_until(lambda: os.path.exists(daemon.control_socket), timeout=10)
+        daemon.wait_control()
         swtest.wait_until(lambda: daemon.ctl_json("status")["sessions"]["unseen"] == 0, timeout=30)
 
         reader = self.reader(daemon)

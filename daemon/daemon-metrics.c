@@ -127,12 +127,11 @@ static void write_polls(Daemon *d, MetricsText *m)
                                "Session poll duration, from the start of the request to its completion.",
                                &d->poll_duration);
 
-        metrics_text_family(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.");
-        metrics_text_value(m, "sessionwatch_requests_in_flight", (double)d->sched.in_flight);
-        metrics_text_family(m, "sessionwatch_api_paused", "gauge",
-                            "1 while every API request is held (after HTTP 429 or a rejected key).");
-        metrics_text_value(m, "sessionwatch_api_paused",
-                           d->sched.paused_until_ms > uv_now(&d->loop) ? 1 : 0);
+        metrics_text_single(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.",
+                            (double)d->sched.in_flight);
+        metrics_text_single(m, "sessionwatch_api_paused", "gauge",
+                            "1 while every API request is held (after HTTP 429 or a rejected key).",
+                            d->sched.paused_until_ms > uv_now(&d->loop) ? 1 : 0);
         metrics_text_family(m, "sessionwatch_api_rate_limit_pauses_total", "counter",
                             "HTTP 429 answers that started or extended the hold on every API request.");
         metrics_text_labelled(m, "sessionwatch_api_rate_limit_pauses_total", "request", "get",
@@ -152,43 +151,39 @@ static void write_sessions(Daemon *d, MetricsText *m)
                 metrics_text_labelled(m, "sessionwatch_sessions", "status", session_status_to_string(k),
                                       (double)counts.by_status[k]);
         metrics_text_labelled(m, "sessionwatch_sessions", "status", "unseen", (double)counts.unseen);
-        metrics_text_family(m, "sessionwatch_sessions_watched", "gauge", "Sessions in the table.");
-        metrics_text_value(m, "sessionwatch_sessions_watched", (double)counts.total);
-        metrics_text_family(m, "sessionwatch_sessions_gone", "gauge",
-                            "Watched sessions the API no longer knows (HTTP 404).");
-        metrics_text_value(m, "sessionwatch_sessions_gone", (double)counts.gone);
+        metrics_text_single(m, "sessionwatch_sessions_watched", "gauge", "Sessions in the table.",
+                            (double)counts.total);
+        metrics_text_single(m, "sessionwatch_sessions_gone", "gauge",
+                            "Watched sessions the API no longer knows (HTTP 404).", (double)counts.gone);
 
         metrics_text_family(m, "sessionwatch_transitions_total", "counter",
                             "Status transitions by new status.");
         for (int k = 0; k < _SESSION_STATUS_MAX; k++)
                 metrics_text_labelled(m, "sessionwatch_transitions_total", "status",
                                       session_status_to_string(k), (double)d->transitions_by_status[k]);
-        metrics_text_family(m, "sessionwatch_events_total", "counter", "Events handed to the sinks.");
-        metrics_text_value(m, "sessionwatch_events_total", (double)d->stats.events);
-        metrics_text_family(m, "sessionwatch_stalled_total", "counter",
-                            "Stalled-session events (no change for [poll] stalled-after).");
-        metrics_text_value(m, "sessionwatch_stalled_total", (double)d->disc_counters.stalled);
+        metrics_text_single(m, "sessionwatch_events_total", "counter", "Events handed to the sinks.",
+                            (double)d->stats.events);
+        metrics_text_single(m, "sessionwatch_stalled_total", "counter",
+                            "Stalled-session events (no change for [poll] stalled-after).",
+                            (double)d->disc_counters.stalled);
 }
 
 static void write_discovery(Daemon *d, MetricsText *m)
 {
         const DiscoveryCounters *c = &d->disc_counters;
 
-        metrics_text_family(m, "sessionwatch_discovery_sweeps_total", "counter",
-                            "Complete session list sweeps.");
-        metrics_text_value(m, "sessionwatch_discovery_sweeps_total", (double)c->sweeps);
-        metrics_text_family(m, "sessionwatch_discovery_pages_total", "counter",
-                            "Session list pages taken in.");
-        metrics_text_value(m, "sessionwatch_discovery_pages_total", (double)c->pages);
-        metrics_text_family(m, "sessionwatch_discovery_list_failures_total", "counter",
-                            "Session list requests that failed (and were retried).");
-        metrics_text_value(m, "sessionwatch_discovery_list_failures_total", (double)c->sweep_failures);
-        metrics_text_family(m, "sessionwatch_discovery_sessions_discovered_total", "counter",
-                            "Sessions added to the table by a list sweep.");
-        metrics_text_value(m, "sessionwatch_discovery_sessions_discovered_total", (double)c->discovered);
-        metrics_text_family(m, "sessionwatch_discovery_sessions_refused_total", "counter",
-                            "New sessions refused because [poll] max-sessions was reached.");
-        metrics_text_value(m, "sessionwatch_discovery_sessions_refused_total", (double)c->refused);
+        metrics_text_single(m, "sessionwatch_discovery_sweeps_total", "counter",
+                            "Complete session list sweeps.", (double)c->sweeps);
+        metrics_text_single(m, "sessionwatch_discovery_pages_total", "counter",
+                            "Session list pages taken in.", (double)c->pages);
+        metrics_text_single(m, "sessionwatch_discovery_list_failures_total", "counter",
+                            "Session list requests that failed (and were retried).",
+                            (double)c->sweep_failures);
+        metrics_text_single(m, "sessionwatch_discovery_sessions_discovered_total", "counter",
+                            "Sessions added to the table by a list sweep.", (double)c->discovered);
+        metrics_text_single(m, "sessionwatch_discovery_sessions_refused_total", "counter",
+                            "New sessions refused because [poll] max-sessions was reached.",
+                            (double)c->refused);
 }
 
 /* One gauge or counter family with a sample per webhook sink. */
@@ -278,20 +273,17 @@ static void write_sockets(Daemon *d, MetricsText *m)
 
         if (d->stream)
                 sink_socket_stats(d->stream, &ss);
-        metrics_text_family(m, "sessionwatch_stream_clients", "gauge", "Event stream clients connected.");
-        metrics_text_value(m, "sessionwatch_stream_clients", (double)ss.clients);
-        metrics_text_family(m, "sessionwatch_stream_connections_total", "counter",
-                            "Event stream connections accepted.");
-        metrics_text_value(m, "sessionwatch_stream_connections_total", (double)ss.connections);
-        metrics_text_family(m, "sessionwatch_stream_overflows_total", "counter",
-                            "Event stream clients cut off for not reading.");
-        metrics_text_value(m, "sessionwatch_stream_overflows_total", (double)ss.overflows);
-        metrics_text_family(m, "sessionwatch_stream_refused_total", "counter",
-                            "Event stream connections closed at once past the client limit.");
-        metrics_text_value(m, "sessionwatch_stream_refused_total", (double)ss.refused);
-        metrics_text_family(m, "sessionwatch_control_connections", "gauge", "Control socket connections.");
-        metrics_text_value(m, "sessionwatch_control_connections",
-                           d->control ? (double)control_connections(d->control) : 0);
+        metrics_text_single(m, "sessionwatch_stream_clients", "gauge", "Event stream clients connected.",
+                            (double)ss.clients);
+        metrics_text_single(m, "sessionwatch_stream_connections_total", "counter",
+                            "Event stream connections accepted.", (double)ss.connections);
+        metrics_text_single(m, "sessionwatch_stream_overflows_total", "counter",
+                            "Event stream clients cut off for not reading.", (double)ss.overflows);
+        metrics_text_single(m, "sessionwatch_stream_refused_total", "counter",
+                            "Event stream connections closed at once past the client limit.",
+                            (double)ss.refused);
+        metrics_text_single(m, "sessionwatch_control_connections", "gauge", "Control socket connections.",
+                            d->control ? (double)control_connections(d->control) : 0);
         if (d->metrics_http) {
                 MetricsHttpStats hs;
 
@@ -314,31 +306,29 @@ static void write_state(Daemon *d, MetricsText *m)
         if (!d->state)
                 return;
         state_health(d->state, &h);
-        metrics_text_family(m, "sessionwatch_state_degraded", "gauge",
-                            "1 while state file writes fail and the file lags behind memory.");
-        metrics_text_value(m, "sessionwatch_state_degraded", h.degraded ? 1 : 0);
-        metrics_text_family(m, "sessionwatch_state_file_bytes", "gauge", "Size of the state file.");
-        metrics_text_value(m, "sessionwatch_state_file_bytes", (double)h.file_bytes);
-        metrics_text_family(m, "sessionwatch_state_pending_bytes", "gauge",
-                            "State records formatted but not yet handed to a write.");
-        metrics_text_value(m, "sessionwatch_state_pending_bytes", (double)h.pending_bytes);
-        metrics_text_family(m, "sessionwatch_state_records_written_total", "counter",
-                            "Records appended to the state file (rewrites not counted).");
-        metrics_text_value(m, "sessionwatch_state_records_written_total", (double)h.records_appended);
-        metrics_text_family(m, "sessionwatch_state_writes_total", "counter",
-                            "State file disk jobs done (appends, syncs, compaction steps).");
-        metrics_text_value(m, "sessionwatch_state_writes_total", (double)h.write_jobs);
+        metrics_text_single(m, "sessionwatch_state_degraded", "gauge",
+                            "1 while state file writes fail and the file lags behind memory.",
+                            h.degraded ? 1 : 0);
+        metrics_text_single(m, "sessionwatch_state_file_bytes", "gauge", "Size of the state file.",
+                            (double)h.file_bytes);
+        metrics_text_single(m, "sessionwatch_state_pending_bytes", "gauge",
+                            "State records formatted but not yet handed to a write.",
+                            (double)h.pending_bytes);
+        metrics_text_single(m, "sessionwatch_state_records_written_total", "counter",
+                            "Records appended to the state file (rewrites not counted).",
+                            (double)h.records_appended);
+        metrics_text_single(m, "sessionwatch_state_writes_total", "counter",
+                            "State file disk jobs done (appends, syncs, compaction steps).",
+                            (double)h.write_jobs);
         metrics_text_family(m, "sessionwatch_state_write_duration_seconds", "summary",
                             "Time the threadpool spent on state file disk jobs.");
         metrics_text_value(m, "sessionwatch_state_write_duration_seconds_sum",
                            (double)h.write_us_total / 1e6);
         metrics_text_value(m, "sessionwatch_state_write_duration_seconds_count", (double)h.write_jobs);
-        metrics_text_family(m, "sessionwatch_state_write_errors_total", "counter",
-                            "Failed state file writes.");
-        metrics_text_value(m, "sessionwatch_state_write_errors_total", (double)h.write_errors);
-        metrics_text_family(m, "sessionwatch_state_compactions_total", "counter",
-                            "Successful rewrites of the state file.");
-        metrics_text_value(m, "sessionwatch_state_compactions_total", (double)h.compactions);
+        metrics_text_single(m, "sessionwatch_state_write_errors_total", "counter",
+                            "Failed state file writes.", (double)h.write_errors);
+        metrics_text_single(m, "sessionwatch_state_compactions_total", "counter",
+                            "Successful rewrites of the state file.", (double)h.compactions);
 }
 
 void daemon_metrics(Daemon *d, MetricsText *m)
@@ -353,9 +343,8 @@ void daemon_metrics(Daemon *d, MetricsText *m)
         metrics_text_family(m, "sessionwatch_build_info", "gauge",
                             "The running version, as a label; always 1.");
         metrics_text_labelled(m, "sessionwatch_build_info", "version", SW_VERSION, 1);
-        metrics_text_family(m, "sessionwatch_uptime_seconds", "gauge", "Seconds since the daemon started.");
-        metrics_text_value(m, "sessionwatch_uptime_seconds",
-                           (double)((monotonic_usec() - d->start_usec) / 1000000));
+        metrics_text_single(m, "sessionwatch_uptime_seconds", "gauge", "Seconds since the daemon started.",
+                            (double)((monotonic_usec() - d->start_usec) / 1000000));
         /* A /proc file that cannot be read leaves its metrics out rather
          * than failing the whole answer. */
         (void)process_metrics_write(m);

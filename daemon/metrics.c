@@ -110,6 +110,12 @@ void metrics_text_value(MetricsText *m, const char *name, double value)
         metrics_text_sample(m, name, NULL, 0, value);
 }
 
+void metrics_text_single(MetricsText *m, const char *name, const char *type, const char *help, double value)
+{
+        metrics_text_family(m, name, type, help);
+        metrics_text_value(m, name, value);
+}
+
 void metrics_text_labelled(MetricsText *m, const char *name, const char *label, const char *label_value,
                            double value)
 {

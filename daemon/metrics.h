@@ -28,6 +28,9 @@ void metrics_text_family(MetricsText *m, const char *name, const char *type, con
 void metrics_text_sample(MetricsText *m, const char *name, const char *const *labels, size_t n_labels,
                          double value);
 
+/* A family of one unlabelled sample: its HELP and TYPE lines, then it. */
+void metrics_text_single(MetricsText *m, const char *name, const char *type, const char *help, double value);
+
 /* The common cases: no label, or one. */
 void metrics_text_value(MetricsText *m, const char *name, double value);
 void metrics_text_labelled(MetricsText *m, const char *name, const char *label, const char *label_value,

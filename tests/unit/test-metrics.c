@@ -33,6 +33,15 @@ static void test_family_and_samples(void **state)
         assert_null(m.data);
 }
 
+static void test_single(void **state)
+{
+        MetricsText m = METRICS_TEXT_NULL;
+
+        metrics_text_single(&m, "sw_up", "gauge", "Up or not.", 1);
+        assert_string_equal(m.data, "# HELP sw_up Up or not.\n# TYPE sw_up gauge\nsw_up 1\n");
+        metrics_text_done(&m);
+}
+
 static void test_escaping(void **state)
 {
         MetricsText m = METRICS_TEXT_NULL;
@@ -126,6 +135,7 @@ int main(void)
 {
         const struct CMUnitTest tests[] = {
             cmocka_unit_test(test_family_and_samples),
+            cmocka_unit_test(test_single),
             cmocka_unit_test(test_escaping),
             cmocka_unit_test(test_values),
             cmocka_unit_test(test_grows),

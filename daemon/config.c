@@ -917,6 +917,30 @@ static int parse_format(Parser *p, const Key *k, const char *value, void *field)
         return -EINVAL;
 }
 
+static const char *const poll_mode_names[_CONFIG_POLL_MODE_MAX] = {
+    [CONFIG_POLL_AUTO] = "auto",
+    [CONFIG_POLL_GET] = "get",
+    [CONFIG_POLL_LIST] = "list",
+};
+
+const char *config_poll_mode_to_string(ConfigPollMode m)
+{
+        return m < _CONFIG_POLL_MODE_MAX ? poll_mode_names[m] : "?";
+}
+
+static int parse_poll_mode(Parser *p, const Key *k, const char *value, void *field)
+{
+        (void)k;
+        assert(value); /* The key has a default. */
+        for (int m = 0; m < _CONFIG_POLL_MODE_MAX; m++)
+                if (strcmp(value, poll_mode_names[m]) == 0) {
+                        *(ConfigPollMode *)field = (ConfigPollMode)m;
+                        return 0;
+                }
+        set_reason(p, "expected auto, get or list");
+        return -EINVAL;
+}
+
 /* An octal file mode for a socket: permission bits only. */
 static int parse_mode(Parser *p, const Key *k, const char *value, void *field)
 {
@@ -1187,6 +1211,8 @@ static const Key poll_keys[] = {
     {"stalled-after-waiting", parse_duration_off, CFG(poll.stalled_after_waiting_ms), NULL, 0, DURATION_MAX,
      0},
     {"backoff-max", parse_duration_key, CFG(poll.backoff_max_ms), "5m", 1, DURATION_MAX, 0},
+    {"mode", parse_poll_mode, CFG(poll.mode), "auto", 0, 0, 0},
+    {"audit-interval", parse_duration_key, CFG(poll.audit_interval_ms), "10m", 1, DURATION_MAX, 0},
 };
 
 static const Key watch_keys[] = {
@@ -1195,6 +1221,7 @@ static const Key watch_keys[] = {
     {"discover-interval", parse_duration_key, CFG(watch.discover_interval_ms), "30s", 1, DURATION_MAX, 0},
     {"all", parse_bool_key, CFG(watch.all), "no", 0, 0, 0},
     {"backfill", parse_bool_key, CFG(watch.backfill), "no", 0, 0, 0},
+    {"list-overlap", parse_duration_key, CFG(watch.list_overlap_ms), "2s", 0, MS_HOUR, 0},
 };
 
 static const Key journal_keys[] = {

@@ -79,7 +79,17 @@ typedef struct ConfigApi {
         uint64_t max_body;        /* largest response body accepted, bytes; default 1M */
 } ConfigApi;
 
+/* [poll] mode: how sessions are looked at (see the daemon's coverage). */
+typedef enum ConfigPollMode {
+        CONFIG_POLL_AUTO, /* sweep a runbook for its sessions once that costs fewer requests */
+        CONFIG_POLL_GET,  /* one GET per session per interval; sweeps only discover */
+        CONFIG_POLL_LIST, /* cover every session whose runbook is known */
+        _CONFIG_POLL_MODE_MAX,
+} ConfigPollMode;
+
 typedef struct ConfigPoll {
+        ConfigPollMode mode;               /* default auto */
+        uint64_t audit_interval_ms;        /* GET of each covered running session; default 10m */
         uint64_t interval_ms;              /* Pending, Active, Cancelling; default 5s, >= 1ms */
         uint64_t waiting_interval_ms;      /* Waiting; default 30s, >= 1ms */
         unsigned jitter_percent;           /* 0-100; default 10 */
@@ -99,6 +109,7 @@ typedef struct ConfigWatch {
         char **runbooks;
         size_t n_runbooks;
         uint64_t discover_interval_ms; /* default 30s */
+        uint64_t list_overlap_ms;      /* how far each sweep reaches below the last; default 2s */
         bool all;                      /* every session the key can see; default no */
         bool backfill;                 /* announce sessions already finished at the first sweep */
 } ConfigWatch;
@@ -188,3 +199,4 @@ int config_read_secret(const char *path, char **ret, char *errbuf, size_t errlen
 bool config_session_id_valid(const char *id);
 
 const char *config_webhook_format_to_string(ConfigWebhookFormat f);
+const char *config_poll_mode_to_string(ConfigPollMode m);

@@ -99,9 +99,37 @@ void daemon_metrics_observe_poll(Daemon *d, uint64_t start_usec, uint64_t done_u
                                   done_usec > start_usec ? (double)(done_usec - start_usec) / 1e6 : 0);
 }
 
-void daemon_metrics_count_transition(Daemon *d, SessionStatus status)
+/* Detection delay and schedule lag, in seconds: from well under the poll
+ * interval to the audit interval and beyond. */
+static const double delay_bounds[] = {0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60, 120, 300, 600};
+
+static void init_delay_histograms(Daemon *d)
+{
+        if (d->detection_delay.n_bounds == 0)
+                (void)metrics_histogram_init(&d->detection_delay, delay_bounds,
+                                             sizeof(delay_bounds) / sizeof(delay_bounds[0]));
+        if (d->schedule_lag.n_bounds == 0)
+                (void)metrics_histogram_init(&d->schedule_lag, delay_bounds,
+                                             sizeof(delay_bounds) / sizeof(delay_bounds[0]));
+}
+
+void daemon_metrics_count_transition(Daemon *d, SessionStatus status, int64_t updated_at_us)
 {
         d->transitions_by_status[status < _SESSION_STATUS_MAX ? status : SESSION_STATUS_UNKNOWN]++;
+        /* A first observation is not a change that was waited for: its
+         * updatedAt may be days old. */
+        if (updated_at_us > 0) {
+                int64_t delay = daemon_realtime_usec() - updated_at_us;
+
+                init_delay_histograms(d);
+                metrics_histogram_observe(&d->detection_delay, delay > 0 ? (double)delay / 1e6 : 0);
+        }
+}
+
+void daemon_metrics_observe_lag(Daemon *d, uint64_t late_ms)
+{
+        init_delay_histograms(d);
+        metrics_histogram_observe(&d->schedule_lag, (double)late_ms / 1e3);
 }
 
 static void write_polls(Daemon *d, MetricsText *m)
@@ -168,9 +196,50 @@ static void write_sessions(Daemon *d, MetricsText *m)
                             (double)d->disc_counters.stalled);
 }
 
+static void write_coverage(Daemon *d, MetricsText *m)
+{
+        static const char *const purposes[_PURPOSE_MAX] = {"sweep", "poll", "audit", "confirm"};
+        uint64_t now = uv_now(&d->loop);
+
+        metrics_text_family(m, "sessionwatch_api_requests_total", "counter",
+                            "API requests started, by purpose: sweep (a list page), poll (a session no "
+                            "sweep covers, or its first answer), audit (the slow check of a covered "
+                            "session), confirm (a second look after a 404).");
+        for (int k = 0; k < _PURPOSE_MAX; k++)
+                metrics_text_labelled(m, "sessionwatch_api_requests_total", "purpose", purposes[k],
+                                      (double)d->requests_by_purpose[k]);
+        metrics_text_family(m, "sessionwatch_sessions_by_coverage", "gauge",
+                            "Watched sessions by how they are looked at: covered by a sweep, or polled "
+                            "one by one.");
+        metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "covered",
+                              (double)d->n_covered);
+        metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "polled",
+                              (double)(sessions_count(d->table) - d->n_covered));
+        metrics_text_single(m, "sessionwatch_sweep_scopes", "gauge",
+                            "Discovery and coverage scopes being swept.", ({
+                                    size_t n = 0;
+                                    for (size_t k = 0; k < discovery_n_scopes(d->disc); k++)
+                                            n += discovery_scopes(d->disc)[k].enabled;
+                                    (double)n;
+                            }));
+        init_delay_histograms(d);
+        metrics_text_histogram(m, "sessionwatch_detection_delay_seconds",
+                               "From a session's updatedAt to its transition event being written.",
+                               &d->detection_delay);
+        metrics_text_histogram(m, "sessionwatch_schedule_lag_seconds",
+                               "How late due work (a poll, an audit, a sweep page) started.", &d->schedule_lag);
+        metrics_text_single(m, "sessionwatch_schedule_behind_seconds", "gauge",
+                            "How late the most overdue work is now (0: on time).",
+                            (double)scheduler_behind_ms(&d->sched, now, discovery_due_ms(d->disc)) / 1e3);
+}
+
 static void write_discovery(Daemon *d, MetricsText *m)
 {
         const DiscoveryCounters *c = &d->disc_counters;
+
+        write_coverage(d, m);
+        metrics_text_single(m, "sessionwatch_discovery_list_splits_total", "counter",
+                            "Full list pages of unknown order split into two windows.", (double)c->splits);
 
         metrics_text_single(m, "sessionwatch_discovery_sweeps_total", "counter",
                             "Complete session list sweeps.", (double)c->sweeps);

@@ -9,6 +9,7 @@
 #include "api.h"
 #include "config.h"
 #include "discovery.h"
+#include "event.h"
 #include "httpmux.h"
 #include "log.h"
 #include "metrics-http.h"
@@ -44,6 +45,22 @@ typedef struct PersistMark {
         uint64_t mark;
 } PersistMark;
 
+/* Why a GET went out, for the metrics. A sweep is a list request. */
+typedef enum RequestPurpose {
+        PURPOSE_SWEEP,
+        PURPOSE_POLL,    /* a session no sweep covers, or its first answer */
+        PURPOSE_AUDIT,   /* the slow check of a covered session */
+        PURPOSE_CONFIRM, /* a second look after a 404 */
+        _PURPOSE_MAX,
+} RequestPurpose;
+
+/* Per runbook number: the running sessions of that runbook (counted as
+ * the coverage bits of each record say) and the scope that sweeps it. */
+typedef struct CoverageRunbook {
+        int32_t scope; /* index into the discovery scopes, -1: none */
+        uint32_t active, waiting;
+} CoverageRunbook;
+
 /* One outstanding poll: what the completion needs to find its session. */
 typedef struct PollSlot {
         Daemon *daemon;
@@ -51,6 +68,7 @@ typedef struct PollSlot {
         uint32_t next_free;
         bool busy;      /* taken by a poll in flight */
         bool cancelled; /* its session was unwatched meanwhile: the answer is dropped */
+        uint8_t purpose; /* RequestPurpose */
         /* CLOCK_MONOTONIC when the request was started (poll duration). */
         uint64_t start_usec;
 } PollSlot;
@@ -142,7 +160,52 @@ struct Daemon {
         MetricsHistogram poll_duration;
         uint64_t transitions_by_status[_SESSION_STATUS_MAX];
         uint64_t rate_limit_pauses; /* 429 answers to polls that started or extended the hold */
+        uint64_t requests_by_purpose[_PURPOSE_MAX];
+        MetricsHistogram detection_delay; /* event written - the session's updatedAt */
+        MetricsHistogram schedule_lag;    /* how late due work starts */
+        uint64_t clock_backwards;         /* older answers with another status (see sessions_observe) */
+
+        /* Coverage (coverage.c). */
+        CoverageRunbook *cov_rb; /* [runbook number], n_cov_rb entries */
+        size_t n_cov_rb;
+        size_t all_active, all_waiting; /* every counted session, for the `all` scope */
+        int all_scope;                  /* index of the `all` scope, -1: none */
+        size_t n_covered;
 };
+
+/* ---- coverage.c ---- */
+
+/* Which sessions a sweep covers, and so are not polled one by one; see the
+ * top of coverage.c. All of it on the loop thread. */
+
+/* Makes the discovery scopes the config asks for, and the Discovery itself
+ * whenever sweeps may be used for coverage. Returns 0 or -errno. */
+int coverage_setup(Daemon *d);
+void coverage_done(Daemon *d);
+/* The Discovery callbacks. */
+extern const DiscoveryCallbacks coverage_discovery_callbacks;
+/* Session i's status, runbook or gone mark may have changed: recount it,
+ * decide whether it is covered, and move its next request accordingly. */
+void coverage_update(Daemon *d, SessionIndex i);
+/* Session i is about to change runbook or to leave the table: take it out
+ * of the counts first. */
+void coverage_forget(Daemon *d, SessionIndex i);
+/* After an answer about session i: its next request, by its coverage. */
+void coverage_reschedule(Daemon *d, SessionIndex i);
+/* Re-reads the settings after a reload. */
+void coverage_reload(Daemon *d);
+
+/* ---- daemon.c, for the parts split from it ---- */
+
+void daemon_dispatch(Daemon *d);
+void daemon_emit(Daemon *d, const Event *e, uint64_t response_done_usec);
+void daemon_persist(Daemon *d, SessionIndex i);
+void daemon_persist_watermark(Daemon *d, const char *key, int64_t newest_us);
+void daemon_stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
+void daemon_retire_sessions(Daemon *d);
+void daemon_request_done(Daemon *d);
+void daemon_schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms);
+int64_t daemon_realtime_usec(void);
 
 /* ---- daemon-metrics.c ---- */
 
@@ -164,8 +227,11 @@ void daemon_metrics(Daemon *d, MetricsText *m);
  * completion (both CLOCK_MONOTONIC microseconds). */
 void daemon_metrics_observe_poll(Daemon *d, uint64_t start_usec, uint64_t done_usec);
 
-/* Counts one transition emitted, by its new status. */
-void daemon_metrics_count_transition(Daemon *d, SessionStatus status);
+/* Counts one transition emitted, by its new status, and how long after the
+ * session's updatedAt it was announced. */
+void daemon_metrics_count_transition(Daemon *d, SessionStatus status, int64_t updated_at_us);
+/* Counts how late a piece of due work started. */
+void daemon_metrics_observe_lag(Daemon *d, uint64_t late_ms);
 
 /* Starts the HTTP endpoint when [metrics] listen is set. A bind failure is
  * logged with the address. Returns 0 or -errno. */

@@ -53,6 +53,8 @@ static void dispatch(Daemon *d);
 static void on_reload_signal(uv_signal_t *h, int signum);
 static void on_tick_timer(uv_timer_t *t);
 static void stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
+static int64_t realtime_usec(void);
+static void retire_sessions(Daemon *d);
 
 static uint64_t now_usec(void)
 {
@@ -406,8 +408,18 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 goto bad;
         }
 
-        if (!snap.runbook_id || runbooks_set(&d->runbooks, i, snap.runbook_id, strlen(snap.runbook_id)) < 0)
-                (void)runbooks_set_none(&d->runbooks, i);
+        {
+                uint32_t rb = snap.runbook_id ? runbooks_find(&d->runbooks, snap.runbook_id, strlen(snap.runbook_id))
+                                              : RUNBOOK_NONE;
+
+                if (rb == 0 || rb != runbooks_of(&d->runbooks, i)) {
+                        /* Counted under its old runbook (if any) until now. */
+                        coverage_forget(d, i);
+                        if (!snap.runbook_id ||
+                            runbooks_set(&d->runbooks, i, snap.runbook_id, strlen(snap.runbook_id)) < 0)
+                                (void)runbooks_set_none(&d->runbooks, i);
+                }
+        }
         (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
         if (obs.result == OBSERVE_TRANSITION) {
                 Event e;
@@ -418,7 +430,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 else {
                         e.replayed = obs.replayed;
                         d->stats.transitions++;
-                        daemon_metrics_count_transition(d, snap.status);
+                        daemon_metrics_count_transition(d, snap.status, obs.first ? 0 : snap.updated_at_us);
                         emit(d, &e, resp->done_usec);
                 }
                 persist(d, i);
@@ -428,8 +440,9 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
 reschedule:
         stalled_after_answer(d, i, before_us);
         rec->failures = 0;
-        if (!d->stopping && !session_status_is_terminal(rec->status))
-                schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
+        rec->coverage &= (uint8_t)~SESSION_COV_SUSPECT;
+        coverage_update(d, i);
+        coverage_reschedule(d, i);
         return API_OK;
 
 bad : {
@@ -463,9 +476,23 @@ static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp
         }
         if (rec->flags & SESSION_GONE)
                 return;
+        if (!(rec->coverage & SESSION_COV_SUSPECT)) {
+                /* A proxy or a deploy answers 404 now and then: gone takes a
+                 * second 404 at least an interval later, with no 200 (nor a
+                 * list entry) between. Covered or not, that look is a GET. */
+                rec->coverage |= SESSION_COV_SUSPECT;
+                log_info("Session '%s' answered HTTP 404; asking again in %" PRIu64 " ms before calling it "
+                         "gone.",
+                         id, d->config->poll.interval_ms);
+                if (!d->stopping)
+                        schedule_after(d, i, d->config->poll.interval_ms);
+                return;
+        }
 
+        rec->coverage &= (uint8_t)~SESSION_COV_SUSPECT;
         rec->flags |= SESSION_GONE;
-        log_notice("Session '%s' is gone (HTTP 404 after being seen); no longer polling it.", id);
+        coverage_update(d, i);
+        log_notice("Session '%s' is gone (HTTP 404 twice after being seen); no longer polling it.", id);
         r = event_init_gone(&e, id, sessions_status_raw(d->table, i), rec->updated_at_us, d->source);
         if (r < 0) {
                 log_error_errno(r, "Failed to make the gone event for session '%s': %m", id);
@@ -615,20 +642,42 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 finish(d);
 }
 
-/* Starts every poll that is due and allowed now, then arms the one timer for
- * the next moment something may be. */
+/* Starts every request that is due and allowed now (polls, audits and sweep
+ * pages, in the scheduler's order), then arms the one timer for the next
+ * moment something may be. */
 static void dispatch(Daemon *d)
 {
         uint64_t now = uv_now(&d->loop), wake;
         SessionIndex i;
 
         for (;;) {
+                SchedulerHeap heap = SCHEDULER_POLL;
+                uint64_t late;
                 PollSlot *slot;
+                Session *rec;
                 int r;
 
-                i = scheduler_next(&d->sched, now, &wake);
+                i = scheduler_next_work(&d->sched, now, discovery_due_ms(d->disc), &heap, &late, &wake);
                 if (i == SESSION_INDEX_NONE)
                         break;
+                daemon_metrics_observe_lag(d, late);
+                if (i == SCHEDULER_SWEEP) {
+                        r = discovery_start_due(d->disc, now);
+                        if (r < 0) /* logged; the scope tries again later */
+                                scheduler_complete(&d->sched);
+                        else
+                                d->requests_by_purpose[PURPOSE_SWEEP]++;
+                        continue;
+                }
+                rec = sessions_get(d->table, i);
+                if (heap == SCHEDULER_POLL && (rec->coverage & SESSION_COV_COVERED) &&
+                    !(rec->coverage & SESSION_COV_SUSPECT) && (rec->flags & SESSION_SEEN)) {
+                        /* Covered since it was planned: its sweeps poll it
+                         * now, this is only its audit. */
+                        scheduler_complete(&d->sched);
+                        coverage_reschedule(d, i);
+                        continue;
+                }
                 slot = slot_take(d);
                 if (!slot) { /* cannot happen: slots match max_in_flight */
                         scheduler_complete(&d->sched);
@@ -639,10 +688,12 @@ static void dispatch(Daemon *d)
                 slot->daemon = d;
                 slot->session = i;
                 slot->start_usec = now_usec();
+                slot->purpose = (rec->coverage & SESSION_COV_SUSPECT) ? PURPOSE_CONFIRM
+                                : heap == SCHEDULER_AUDIT              ? PURPOSE_AUDIT
+                                                                       : PURPOSE_POLL;
                 r = api_get_session(&d->api, sessions_id(d->table, i), on_poll_done, slot);
                 if (r < 0) {
                         unsigned suppressed;
-                        Session *rec = sessions_get(d->table, i);
 
                         slot_release(d, slot);
                         scheduler_complete(&d->sched);
@@ -654,7 +705,8 @@ static void dispatch(Daemon *d)
                         schedule_after(d, i, scheduler_backoff(&d->sched, rec->status, rec->failures));
                         continue;
                 }
-                sessions_get(d->table, i)->flags |= SESSION_IN_FLIGHT;
+                d->requests_by_purpose[slot->purpose]++;
+                rec->flags |= SESSION_IN_FLIGHT;
         }
 
         if (wake == UINT64_MAX)
@@ -1133,10 +1185,17 @@ static int schedule_all(Daemon *d)
                         continue;
                 if ((rec->flags & SESSION_SEEN) && session_status_is_terminal(rec->status))
                         continue;
+                coverage_update(d, (SessionIndex)k);
                 /* Spread the first polls over one interval so a long watch
-                 * list does not arrive at the API in one burst. */
-                r = scheduler_schedule(&d->sched, (SessionIndex)k,
-                                       now + scheduler_spread(&d->sched, d->config->poll.interval_ms));
+                 * list does not arrive at the API in one burst; covered
+                 * sessions get their first audit over the audit interval. */
+                if (rec->coverage & SESSION_COV_COVERED)
+                        r = scheduler_schedule_audit(
+                            &d->sched, (SessionIndex)k,
+                            now + scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
+                else
+                        r = scheduler_schedule(&d->sched, (SessionIndex)k,
+                                               now + scheduler_spread(&d->sched, d->config->poll.interval_ms));
                 if (r < 0)
                         return r;
         }
@@ -1281,92 +1340,12 @@ static void stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us)
         persist(d, i);
 }
 
-/* discovery callback, on the loop thread: one entry of a list page. */
-static void on_discovered_session(void *userdata, const SessionSnapshot *snap, bool initial,
-                                  uint64_t done_usec)
-{
-        Daemon *d = userdata;
-        SessionIndex i;
-        Session *rec;
-        Observation obs;
-        int64_t before_us;
-        unsigned suppressed;
-        int r;
-
-        if (d->stopping)
-                return;
-        if (!config_session_id_valid(snap->id) || snap->status_raw_len > STATUS_MAX) {
-                if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
-                        log_warning("Ignoring listed session '%.64s': %s (%u more suppressed).", snap->id,
-                                    snap->status_raw_len > STATUS_MAX ? "status longer than 1024 bytes"
-                                                                      : "not a valid session id",
-                                    suppressed);
-                return;
-        }
-        i = sessions_find(d->table, snap->id, snap->id_len);
-        if (i == SESSION_INDEX_NONE) {
-                r = sessions_add(d->table, snap->id, snap->id_len, SESSION_DYNAMIC, &i);
-                if (r == -ENOSPC) {
-                        /* Never silently: counted, and said (rate-limited). */
-                        d->disc_counters.refused++;
-                        if (log_ratelimit_ok(&d->refuse_rl, uv_now(&d->loop), &suppressed))
-                                log_error("Not watching discovered session '%s': [poll] max-sessions=%zu "
-                                          "reached (%" PRIu64 " refused so far, %u messages suppressed).",
-                                          snap->id, d->config->poll.max_sessions, d->disc_counters.refused,
-                                          suppressed);
-                        return;
-                }
-                if (r < 0) {
-                        log_error_errno(r, "Failed to add discovered session '%s': %m", snap->id);
-                        return;
-                }
-                d->disc_counters.discovered++;
-        }
-        rec = sessions_get(d->table, i);
-        if (rec->flags & SESSION_GONE)
-                return;
-        if (snap->runbook_id)
-                (void)runbooks_set(&d->runbooks, i, snap->runbook_id, strlen(snap->runbook_id));
-        before_us = rec->updated_at_us;
-        (void)sessions_observe(d->table, i, snap->status_raw, snap->status_raw_len, snap->updated_at_us,
-                               &obs);
-        if (obs.result == OBSERVE_TRANSITION) {
-                /* The first sweep learns what exists: what had already
-                 * finished is history, not news (unless backfill asks). */
-                bool quiet = obs.first && initial && session_status_is_terminal(snap->status) &&
-                             !d->config->watch.backfill;
-
-                if (!quiet) {
-                        Event e;
-
-                        r = event_init_transition(&e, snap, obs.first ? NULL : obs.previous_raw, d->source);
-                        if (r < 0)
-                                log_error_errno(r, "Failed to make the event for session '%s': %m",
-                                                snap->id);
-                        else {
-                                e.replayed = obs.replayed;
-                                d->stats.transitions++;
-                                daemon_metrics_count_transition(d, snap->status);
-                                emit(d, &e, done_usec);
-                        }
-                }
-                persist(d, i);
-        } else if (obs.result == OBSERVE_UNCHANGED)
-                stalled_after_answer(d, i, before_us);
-
-        if (session_status_is_terminal(rec->status)) {
-                /* Nothing more to poll; an answer in flight finds it terminal. */
-                scheduler_unschedule(&d->sched, i);
-        } else if (!(rec->flags & SESSION_IN_FLIGHT) && !scheduler_is_scheduled(&d->sched, i))
-                schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
-}
-
 /* Drops terminal and gone run-time sessions that no sweep can return any
  * more and whose retain time has passed (see the top of this block). */
 static void retire_sessions(Daemon *d)
 {
-        int64_t floor =
-            discovery_floor(discovery_scopes(d->disc), discovery_n_scopes(d->disc), DISCOVERY_OVERLAP_US);
+        int64_t floor = discovery_floor(discovery_scopes(d->disc), discovery_n_scopes(d->disc),
+                                        (int64_t)d->config->watch.list_overlap_ms * 1000);
         int64_t horizon = realtime_usec() - (int64_t)(d->config->poll.retain_ms * 1000);
         size_t n = sessions_capacity(d->table), retired = 0;
 
@@ -1392,31 +1371,13 @@ static void retire_sessions(Daemon *d)
                                 continue;
                         }
                 }
+                coverage_forget(d, i);
                 runbooks_forget(&d->runbooks, i);
-        sessions_remove(d->table, i);
+                sessions_remove(d->table, i);
                 retired++;
         }
         if (retired > 0)
                 log_debug("%zu finished session(s) left memory ([poll] retain).", retired);
-}
-
-/* discovery callback, on the loop thread: a page was taken in. */
-static void on_discovery_page(void *userdata, const DiscoveryScope *sc, bool complete, bool moved)
-{
-        Daemon *d = userdata;
-        uint64_t now = uv_now(&d->loop);
-
-        if (d->stopping)
-                return;
-        if (moved)
-                persist_watermark(d, discovery_scope_key(sc), sc->newest_us);
-        if (complete &&
-            (d->last_retire_ms == 0 || now - d->last_retire_ms >= d->config->watch.discover_interval_ms)) {
-                d->last_retire_ms = now;
-                retire_sessions(d);
-        }
-        /* New sessions were scheduled: let the poll timer know. */
-        dispatch(d);
 }
 
 /* state_open() callback, before the loop runs: a stored watermark. */
@@ -1425,20 +1386,6 @@ static int on_state_watermark(void *userdata, const char *key, size_t len, int64
         Daemon *d = userdata;
 
         return d->disc ? discovery_restore(d->disc, key, len, newest_us) : 0;
-}
-
-static int setup_discovery(Daemon *d)
-{
-        const ConfigWatch *w = &d->config->watch;
-        DiscoveryCallbacks cb = {
-            .session = on_discovered_session,
-            .page = on_discovery_page,
-        };
-
-        if (w->n_runbooks == 0 && !w->all)
-                return 0;
-        return discovery_new(&d->loop, w->runbooks, w->n_runbooks, w->all, w->discover_interval_ms, &cb, d,
-                             &d->disc_counters, &d->disc);
 }
 
 static void log_discovery_stats(const Daemon *d)
@@ -1468,6 +1415,7 @@ static void daemon_free(Daemon *d)
         sessions_free(d->table);
         free(d->slots);
         discovery_free(d->disc);
+        coverage_done(d);
         config_free(d->config);
 }
 
@@ -1509,7 +1457,7 @@ int daemon_run(const DaemonOptions *o)
         (void)notify_init(&d.notify, &d.loop, on_notify_status, &d);
 
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
-            (r = setup_discovery(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
+            (r = coverage_setup(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
             (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0 || (r = daemon_setup_metrics(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
@@ -1532,9 +1480,9 @@ int daemon_run(const DaemonOptions *o)
          * hand those pages back rather than carry them as resident memory. */
         malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
-        dispatch(&d);
         if (d.disc)
                 discovery_start(d.disc, &d.api, &d.sched);
+        dispatch(&d);
         notify_ready(&d.notify);
 
         uv_run(&d.loop, UV_RUN_DEFAULT);
@@ -1600,6 +1548,7 @@ static void unwatch_session(Daemon *d, SessionIndex i)
                         log_error_errno(r, "Failed to record that session '%s' is unwatched: %m", id);
         }
         scheduler_unschedule(&d->sched, i);
+        coverage_forget(d, i);
         runbooks_forget(&d->runbooks, i);
         sessions_remove(d->table, i);
 }
@@ -1640,6 +1589,7 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
                      "[api]");
         restart_note(rep, !streq_null(old->api.app_url, c->api.app_url), "[api] app-url");
         restart_note(rep, old->poll.max_sessions != c->poll.max_sessions, "[poll] max-sessions");
+        restart_note(rep, old->poll.mode != c->poll.mode, "[poll] mode");
         restart_note(rep,
                      old->watch.n_runbooks != c->watch.n_runbooks || old->watch.all != c->watch.all ||
                          old->watch.discover_interval_ms != c->watch.discover_interval_ms ||
@@ -1900,11 +1850,14 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
          * with `c`. What needs a restart keeps its running value. */
         {
                 size_t max_sessions = d->config->poll.max_sessions;
+                ConfigPollMode mode = d->config->poll.mode;
                 ConfigWebhook *w = d->config->webhooks;
                 size_t nw = d->config->n_webhooks;
 
                 d->config->poll = c->poll;
                 d->config->poll.max_sessions = max_sessions;
+                d->config->poll.mode = mode;
+                d->config->watch.list_overlap_ms = c->watch.list_overlap_ms;
                 d->config->journal = c->journal;
                 d->config->api.rate_per_sec = c->api.rate_per_sec;
                 d->config->webhooks = c->webhooks;
@@ -1932,11 +1885,12 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
 
                                 if (!(rec->flags & SESSION_REMOVED) &&
                                     scheduler_is_scheduled(&d->sched, (SessionIndex)k) &&
-                                    rec->due_ms > now + iv)
+                                    rec->heap == SCHEDULER_POLL && rec->due_ms > now + iv)
                                         (void)scheduler_schedule(&d->sched, (SessionIndex)k,
                                                                  now + scheduler_spread(&d->sched, iv));
                         }
         }
+        coverage_reload(d);
         r = 0;
         log_info("Reloaded '%s': %zu session(s) added, %zu removed, %zu watched; webhooks: %zu added, %zu "
                  "removed, %zu kept.%s%s%s",
@@ -2437,4 +2391,56 @@ static int setup_sockets(Daemon *d)
                         return r;
         }
         return 0;
+}
+
+/* ---- For the parts split from this file (daemon-private.h) ---- */
+
+void daemon_dispatch(Daemon *d)
+{
+        if (!d->stopping)
+                dispatch(d);
+}
+
+void daemon_emit(Daemon *d, const Event *e, uint64_t response_done_usec)
+{
+        emit(d, e, response_done_usec);
+}
+
+void daemon_persist(Daemon *d, SessionIndex i)
+{
+        persist(d, i);
+}
+
+void daemon_persist_watermark(Daemon *d, const char *key, int64_t newest_us)
+{
+        persist_watermark(d, key, newest_us);
+}
+
+void daemon_stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us)
+{
+        stalled_after_answer(d, i, before_us);
+}
+
+void daemon_retire_sessions(Daemon *d)
+{
+        retire_sessions(d);
+}
+
+void daemon_schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms)
+{
+        schedule_after(d, i, delay_ms);
+}
+
+int64_t daemon_realtime_usec(void)
+{
+        return realtime_usec();
+}
+
+void daemon_request_done(Daemon *d)
+{
+        scheduler_complete(&d->sched);
+        if (!d->stopping)
+                dispatch(d);
+        else if (d->sched.in_flight == 0)
+                finish(d);
 }

@@ -51,7 +51,7 @@ static void insert_slot(uint32_t *slots, size_t n_slots, const char *name, uint3
 }
 
 /* Interns `id`: its number, new or known. */
-static int intern(Runbooks *r, const char *id, size_t len, uint32_t *ret)
+int runbooks_intern(Runbooks *r, const char *id, size_t len, uint32_t *ret)
 {
         uint32_t n = runbooks_find(r, id, len);
         char *copy, **names;
@@ -127,7 +127,7 @@ int runbooks_set(Runbooks *r, SessionIndex i, const char *id, size_t len)
         if (i < r->n_of && r->of[i] != 0 && r->of[i] != RUNBOOK_NONE && strncmp(r->names[r->of[i] - 1], id, len) == 0 &&
             r->names[r->of[i] - 1][len] == '\0')
                 return 0;
-        e = intern(r, id, len, &n);
+        e = runbooks_intern(r, id, len, &n);
         if (e < 0)
                 return e;
         e = grow_of(r, i);

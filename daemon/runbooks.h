@@ -29,6 +29,10 @@ void runbooks_done(Runbooks *r);
 /* The runbook number of `id`, 0 when it was never seen. */
 uint32_t runbooks_find(const Runbooks *r, const char *id, size_t len);
 
+/* The number of runbook `id`, interned now if it was not known. Returns 0,
+ * or -EINVAL, -ENOSPC, -ENOMEM as runbooks_set(). */
+int runbooks_intern(Runbooks *r, const char *id, size_t len, uint32_t *ret);
+
 /* Records that session i belongs to runbook `id`. Returns 0, -EINVAL for an
  * id that is empty or longer than RUNBOOK_ID_MAX, -ENOSPC past RUNBOOKS_MAX
  * distinct ids, -ENOMEM. */

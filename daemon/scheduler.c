@@ -46,101 +46,120 @@ void scheduler_done(Scheduler *s)
 {
         /* Leave the records as if never scheduled, so the table can outlive
          * the scheduler (or get a new one). */
-        for (size_t k = 0; k < s->n_heap; k++)
-                sessions_get(s->table, s->heap[k])->heap_pos = SESSION_INDEX_NONE;
-        free(s->heap);
-        s->heap = NULL;
-        s->n_heap = s->cap_heap = 0;
+        for (size_t h = 0; h < _SCHEDULER_HEAP_MAX; h++) {
+                SchedulerQueue *q = &s->q[h];
+
+                for (size_t k = 0; k < q->n; k++)
+                        sessions_get(s->table, q->heap[k])->heap_pos = SESSION_INDEX_NONE;
+                free(q->heap);
+                *q = (SchedulerQueue){};
+        }
 }
 
-static uint64_t due_of(Scheduler *s, size_t pos)
+static uint64_t due_of(Scheduler *s, const SchedulerQueue *q, size_t pos)
 {
-        return sessions_get(s->table, s->heap[pos])->due_ms;
+        return sessions_get(s->table, q->heap[pos])->due_ms;
 }
 
-static void heap_set(Scheduler *s, size_t pos, uint32_t i)
+static void heap_set(Scheduler *s, SchedulerQueue *q, size_t pos, uint32_t i)
 {
-        s->heap[pos] = i;
+        q->heap[pos] = i;
         sessions_get(s->table, i)->heap_pos = (uint32_t)pos;
 }
 
-static void sift_up(Scheduler *s, size_t pos)
+static void sift_up(Scheduler *s, SchedulerQueue *q, size_t pos)
 {
-        uint32_t i = s->heap[pos];
+        uint32_t i = q->heap[pos];
         uint64_t due = sessions_get(s->table, i)->due_ms;
 
         while (pos > 0) {
                 size_t parent = (pos - 1) / 2;
-                if (due_of(s, parent) <= due)
+                if (due_of(s, q, parent) <= due)
                         break;
-                heap_set(s, pos, s->heap[parent]);
+                heap_set(s, q, pos, q->heap[parent]);
                 pos = parent;
         }
-        heap_set(s, pos, i);
+        heap_set(s, q, pos, i);
 }
 
-static void sift_down(Scheduler *s, size_t pos)
+static void sift_down(Scheduler *s, SchedulerQueue *q, size_t pos)
 {
-        uint32_t i = s->heap[pos];
+        uint32_t i = q->heap[pos];
         uint64_t due = sessions_get(s->table, i)->due_ms;
 
         for (;;) {
                 size_t c = 2 * pos + 1;
-                if (c >= s->n_heap)
+                if (c >= q->n)
                         break;
-                if (c + 1 < s->n_heap && due_of(s, c + 1) < due_of(s, c))
+                if (c + 1 < q->n && due_of(s, q, c + 1) < due_of(s, q, c))
                         c++;
-                if (due_of(s, c) >= due)
+                if (due_of(s, q, c) >= due)
                         break;
-                heap_set(s, pos, s->heap[c]);
+                heap_set(s, q, pos, q->heap[c]);
                 pos = c;
         }
-        heap_set(s, pos, i);
+        heap_set(s, q, pos, i);
 }
 
 int scheduler_reserve(Scheduler *s, size_t n)
 {
-        size_t need = s->n_heap + n;
+        SchedulerQueue *q = &s->q[SCHEDULER_POLL];
+        size_t need = q->n + n;
         uint32_t *h;
 
-        if (need <= s->cap_heap)
+        if (need <= q->cap)
                 return 0;
-        h = realloc(s->heap, need * sizeof(*h));
+        h = realloc(q->heap, need * sizeof(*h));
         if (!h)
                 return -ENOMEM;
-        s->heap = h;
-        s->cap_heap = need;
+        q->heap = h;
+        q->cap = need;
+        return 0;
+}
+
+int scheduler_schedule_in(Scheduler *s, SchedulerHeap heap, SessionIndex i, uint64_t due_ms)
+{
+        Session *rec = sessions_get(s->table, i);
+        SchedulerQueue *q = &s->q[heap];
+
+        assert(heap < _SCHEDULER_HEAP_MAX);
+        if (rec->heap_pos != SESSION_INDEX_NONE && rec->heap == heap) {
+                uint64_t old = rec->due_ms;
+                rec->due_ms = due_ms;
+                if (due_ms < old)
+                        sift_up(s, q, rec->heap_pos);
+                else
+                        sift_down(s, q, rec->heap_pos);
+                return 0;
+        }
+        if (q->n == q->cap) {
+                /* At least one more slot: a heap reserved at one session
+                 * must still grow when a second is added at run time. */
+                size_t n = q->cap ? q->cap + q->cap / 2 + 1 : 64;
+                uint32_t *h = realloc(q->heap, n * sizeof(*h));
+                if (!h)
+                        return -ENOMEM;
+                q->heap = h;
+                q->cap = n;
+        }
+        /* In the other heap: out of there first (nothing can fail now). */
+        scheduler_unschedule(s, i);
+        rec->due_ms = due_ms;
+        rec->heap = (uint8_t)heap;
+        q->heap[q->n] = i;
+        rec->heap_pos = (uint32_t)q->n++;
+        sift_up(s, q, rec->heap_pos);
         return 0;
 }
 
 int scheduler_schedule(Scheduler *s, SessionIndex i, uint64_t due_ms)
 {
-        Session *rec = sessions_get(s->table, i);
+        return scheduler_schedule_in(s, SCHEDULER_POLL, i, due_ms);
+}
 
-        if (rec->heap_pos != SESSION_INDEX_NONE) {
-                uint64_t old = rec->due_ms;
-                rec->due_ms = due_ms;
-                if (due_ms < old)
-                        sift_up(s, rec->heap_pos);
-                else
-                        sift_down(s, rec->heap_pos);
-                return 0;
-        }
-        if (s->n_heap == s->cap_heap) {
-                /* At least one more slot: a heap reserved at one session
-                 * must still grow when a second is added at run time. */
-                size_t n = s->cap_heap ? s->cap_heap + s->cap_heap / 2 + 1 : 64;
-                uint32_t *h = realloc(s->heap, n * sizeof(*h));
-                if (!h)
-                        return -ENOMEM;
-                s->heap = h;
-                s->cap_heap = n;
-        }
-        rec->due_ms = due_ms;
-        s->heap[s->n_heap] = i;
-        rec->heap_pos = (uint32_t)s->n_heap++;
-        sift_up(s, rec->heap_pos);
-        return 0;
+int scheduler_schedule_audit(Scheduler *s, SessionIndex i, uint64_t due_ms)
+{
+        return scheduler_schedule_in(s, SCHEDULER_AUDIT, i, due_ms);
 }
 
 bool scheduler_is_scheduled(const Scheduler *s, SessionIndex i)
@@ -148,21 +167,28 @@ bool scheduler_is_scheduled(const Scheduler *s, SessionIndex i)
         return sessions_get(s->table, i)->heap_pos != SESSION_INDEX_NONE;
 }
 
+size_t scheduler_queued(const Scheduler *s, SchedulerHeap heap)
+{
+        return s->q[heap].n;
+}
+
 void scheduler_unschedule(Scheduler *s, SessionIndex i)
 {
         Session *rec = sessions_get(s->table, i);
         size_t pos = rec->heap_pos;
+        SchedulerQueue *q;
         uint32_t last;
 
         if (pos == SESSION_INDEX_NONE)
                 return;
+        q = &s->q[rec->heap];
         rec->heap_pos = SESSION_INDEX_NONE;
-        last = s->heap[--s->n_heap];
-        if (pos == s->n_heap)
+        last = q->heap[--q->n];
+        if (pos == q->n)
                 return;
-        heap_set(s, pos, last);
-        sift_up(s, pos);
-        sift_down(s, sessions_get(s->table, last)->heap_pos);
+        heap_set(s, q, pos, last);
+        sift_up(s, q, pos);
+        sift_down(s, q, sessions_get(s->table, last)->heap_pos);
 }
 
 static uint64_t base_interval(const Scheduler *s, SessionStatus status)
@@ -241,22 +267,57 @@ bool scheduler_take_token(Scheduler *s, uint64_t now_ms)
         return true;
 }
 
-SessionIndex scheduler_next(Scheduler *s, uint64_t now_ms, uint64_t *ret_wake_ms)
+/* The lateness weights of the top comment, per kind of work. */
+enum { WEIGHT_SWEEP = 4, WEIGHT_POLL = 2, WEIGHT_AUDIT = 1 };
+
+static uint64_t head_due(Scheduler *s, SchedulerHeap h)
 {
-        uint32_t i;
-        uint64_t due;
+        return s->q[h].n ? due_of(s, &s->q[h], 0) : UINT64_MAX;
+}
+
+uint64_t scheduler_behind_ms(const Scheduler *s, uint64_t now_ms, uint64_t sweep_due_ms)
+{
+        uint64_t oldest = sweep_due_ms;
+
+        for (size_t h = 0; h < _SCHEDULER_HEAP_MAX; h++)
+                if (s->q[h].n) {
+                        uint64_t due = sessions_get(s->table, s->q[h].heap[0])->due_ms;
+                        if (due < oldest)
+                                oldest = due;
+                }
+        return oldest < now_ms ? now_ms - oldest : 0;
+}
+
+uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_ms, SchedulerHeap *ret_heap,
+                             uint64_t *ret_late_ms, uint64_t *ret_wake_ms)
+{
+        static const unsigned weight[] = {WEIGHT_SWEEP, WEIGHT_POLL, WEIGHT_AUDIT};
+        uint64_t due[3] = {sweep_due_ms, head_due(s, SCHEDULER_POLL), head_due(s, SCHEDULER_AUDIT)};
+        uint64_t first = UINT64_MAX, best_score = 0;
+        int best = -1;
 
         *ret_wake_ms = UINT64_MAX;
-        if (s->n_heap == 0)
-                return SESSION_INDEX_NONE;
+        *ret_late_ms = 0;
         if (s->in_flight >= s->opt.max_in_flight)
                 return SESSION_INDEX_NONE;
+        for (int k = 0; k < 3; k++) {
+                uint64_t score;
 
-        due = due_of(s, 0);
-        if (due < s->paused_until_ms)
-                due = s->paused_until_ms;
-        if (due > now_ms) {
-                *ret_wake_ms = due;
+                if (due[k] < first)
+                        first = due[k];
+                if (due[k] > now_ms || now_ms < s->paused_until_ms)
+                        continue;
+                /* +1 so that work due exactly now still counts, and ties go
+                 * to the first kind. */
+                score = (now_ms - due[k] + 1) * weight[k];
+                if (best < 0 || score > best_score) {
+                        best = k;
+                        best_score = score;
+                }
+        }
+        if (best < 0) {
+                if (first != UINT64_MAX)
+                        *ret_wake_ms = first > s->paused_until_ms ? first : s->paused_until_ms;
                 return SESSION_INDEX_NONE;
         }
         if (s->opt.rate_per_sec > 0) {
@@ -267,11 +328,25 @@ SessionIndex scheduler_next(Scheduler *s, uint64_t now_ms, uint64_t *ret_wake_ms
                 }
                 s->tokens -= 1.0;
         }
-
-        i = s->heap[0];
-        scheduler_unschedule(s, i);
         s->in_flight++;
-        return i;
+        *ret_late_ms = now_ms - due[best];
+        if (best == 0)
+                return SCHEDULER_SWEEP;
+        *ret_heap = best == 1 ? SCHEDULER_POLL : SCHEDULER_AUDIT;
+        {
+                uint32_t i = s->q[*ret_heap].heap[0];
+
+                scheduler_unschedule(s, i);
+                return i;
+        }
+}
+
+SessionIndex scheduler_next(Scheduler *s, uint64_t now_ms, uint64_t *ret_wake_ms)
+{
+        SchedulerHeap heap;
+        uint64_t late;
+
+        return scheduler_next_work(s, now_ms, UINT64_MAX, &heap, &late, ret_wake_ms);
 }
 
 void scheduler_complete(Scheduler *s)

@@ -1,11 +1,22 @@
-/* The scheduler decides when each session is polled.
+/* The scheduler decides when each session is polled, and which request goes
+ * first when the budget is short.
  *
- * A binary min-heap of session indices ordered by due time, stored next to
- * the sessions table, plus the shared limits: a token bucket for the API's
- * rate budget, a cap on requests in flight, a global pause (429) and an
- * authentication hold-off (401/403). It is pure: the caller passes the time
- * (loop milliseconds) and owns the single uv timer. Popping work costs
- * O(log n) per due session; idle sessions cost nothing per tick. */
+ * Two binary min-heaps of session indices ordered by due time, stored next
+ * to the sessions table: polls (sessions no sweep covers, first answers,
+ * 404 confirmations) and audits (the slow check of covered sessions). The
+ * caller also says when a list sweep is due. Plus the shared limits: a
+ * token bucket for the API's rate budget, a cap on requests in flight, a
+ * global pause (429) and an authentication hold-off (401/403).
+ *
+ * Priority. When several kinds of work are due and one token is left, the
+ * one with the largest weighted lateness goes: (now - due) times 4 for a
+ * sweep (one covers many sessions), 2 for a poll, 1 for an audit, ties in
+ * that order. Under pressure everything gets late in those proportions and
+ * nothing waits for ever.
+ *
+ * It is pure: the caller passes the time (loop milliseconds) and owns the
+ * single uv timer. Popping work costs O(log n) per due session; idle
+ * sessions cost nothing per tick. */
 #pragma once
 
 #include <stdbool.h>
@@ -23,11 +34,24 @@ typedef struct SchedulerOptions {
         uint64_t seed;
 } SchedulerOptions;
 
+typedef enum SchedulerHeap {
+        SCHEDULER_POLL,
+        SCHEDULER_AUDIT,
+        _SCHEDULER_HEAP_MAX,
+} SchedulerHeap;
+
+/* scheduler_next_work(): a sweep page may go now (not a session index). */
+#define SCHEDULER_SWEEP (UINT32_MAX - 1)
+
+typedef struct SchedulerQueue {
+        uint32_t *heap;
+        size_t n, cap;
+} SchedulerQueue;
+
 typedef struct Scheduler {
         SessionTable *table;
         SchedulerOptions opt;
-        uint32_t *heap;
-        size_t n_heap, cap_heap;
+        SchedulerQueue q[_SCHEDULER_HEAP_MAX];
 
         double tokens, burst;
         uint64_t refill_ms;
@@ -44,10 +68,19 @@ void scheduler_set_options(Scheduler *s, const SchedulerOptions *opt);
 /* Makes room for `n` more scheduled sessions in one allocation. */
 int scheduler_reserve(Scheduler *s, size_t n);
 
-/* Puts session i in the heap due at `due_ms` (moving it if it is there). */
+/* Puts session i in the poll heap due at `due_ms` (moving it if it is in
+ * either heap). */
 int scheduler_schedule(Scheduler *s, SessionIndex i, uint64_t due_ms);
+/* The same in the audit heap, or in `heap`. */
+int scheduler_schedule_audit(Scheduler *s, SessionIndex i, uint64_t due_ms);
+int scheduler_schedule_in(Scheduler *s, SchedulerHeap heap, SessionIndex i, uint64_t due_ms);
 void scheduler_unschedule(Scheduler *s, SessionIndex i);
 bool scheduler_is_scheduled(const Scheduler *s, SessionIndex i);
+/* Sessions in one heap. */
+size_t scheduler_queued(const Scheduler *s, SchedulerHeap heap);
+/* How late the most overdue work of either heap is at `now_ms` (0 when
+ * nothing is overdue); `sweep_due_ms` as for scheduler_next_work(). */
+uint64_t scheduler_behind_ms(const Scheduler *s, uint64_t now_ms, uint64_t sweep_due_ms);
 
 /* The interval to the next poll after a good answer, jittered. */
 uint64_t scheduler_interval(Scheduler *s, SessionStatus status);
@@ -71,5 +104,14 @@ bool scheduler_take_token(Scheduler *s, uint64_t now_ms);
  * completion will ask again). */
 SessionIndex scheduler_next(Scheduler *s, uint64_t now_ms, uint64_t *ret_wake_ms);
 
-/* A poll counted by scheduler_next() has completed. */
+/* The next work to start now, across the two heaps and a sweep due at
+ * `sweep_due_ms` (UINT64_MAX: none), by weighted lateness (see the top).
+ * Returns a session index (its heap in *ret_heap), SCHEDULER_SWEEP, or
+ * SESSION_INDEX_NONE with *ret_wake_ms as for scheduler_next(). What it
+ * returns has taken a token and counts in flight; *ret_late_ms is how late
+ * it starts. */
+uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_ms, SchedulerHeap *ret_heap,
+                             uint64_t *ret_late_ms, uint64_t *ret_wake_ms);
+
+/* Work counted by scheduler_next() or scheduler_next_work() has completed. */
 void scheduler_complete(Scheduler *s);

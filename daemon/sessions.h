@@ -37,7 +37,19 @@ typedef struct Session {
         uint8_t flags;
         uint8_t failures; /* consecutive failed polls, for the backoff */
         uint8_t id_len;
+        uint8_t heap;     /* scheduler: which of its heaps holds it (SchedulerHeap) */
+        uint8_t coverage; /* the daemon's coverage bookkeeping (SESSION_COV_*) */
 } Session;
+
+/* Session.coverage. The class a session is counted under in its runbook's
+ * running counts (so it can be taken out again exactly), and whether a 404
+ * waits for its confirmation. */
+enum {
+        SESSION_COV_COUNTED_ACTIVE = 1u << 0,  /* counted as running, not waiting */
+        SESSION_COV_COUNTED_WAITING = 1u << 1, /* counted as waiting */
+        SESSION_COV_COVERED = 1u << 2,         /* a sweep lists it when it changes: audits only */
+        SESSION_COV_SUSPECT = 1u << 3,         /* answered 404 once since its last 200 */
+};
 
 typedef struct SessionTable SessionTable;
 

@@ -76,15 +76,15 @@ static void heap_check(Fixture *f)
 {
         const Scheduler *s = &f->sched;
 
-        for (size_t pos = 0; pos < s->n_heap; pos++) {
-                SessionIndex i = s->heap[pos];
+        for (size_t pos = 0; pos < s->q[SCHEDULER_POLL].n; pos++) {
+                SessionIndex i = s->q[SCHEDULER_POLL].heap[pos];
 
                 if (sessions_get(f->table, i)->heap_pos != pos)
                         fail_msg("heap[%zu] = %" PRIu32 " records position %" PRIu32, pos, i,
                                  sessions_get(f->table, i)->heap_pos);
-                if (pos > 0 && due(f, s->heap[(pos - 1) / 2]) > due(f, i))
+                if (pos > 0 && due(f, s->q[SCHEDULER_POLL].heap[(pos - 1) / 2]) > due(f, i))
                         fail_msg("heap[%zu] due %" PRIu64 " before its parent's %" PRIu64, pos, due(f, i),
-                                 due(f, s->heap[(pos - 1) / 2]));
+                                 due(f, s->q[SCHEDULER_POLL].heap[(pos - 1) / 2]));
         }
 }
 
@@ -109,7 +109,7 @@ static size_t pop_all(Fixture *f, bool *seen)
                 n++;
         }
         assert_int_equal(wake, UINT64_MAX);
-        assert_int_equal(f->sched.n_heap, 0);
+        assert_int_equal(f->sched.q[SCHEDULER_POLL].n, 0);
         return n;
 }
 
@@ -129,7 +129,7 @@ static void test_heap_order(void **state)
                 assert_int_equal(scheduler_schedule(&f.sched, (SessionIndex)k, d), 0);
                 assert_true(scheduler_is_scheduled(&f.sched, (SessionIndex)k));
         }
-        assert_int_equal(f.sched.n_heap, n);
+        assert_int_equal(f.sched.q[SCHEDULER_POLL].n, n);
         heap_check(&f);
 
         assert_int_equal(pop_all(&f, seen), n);
@@ -180,7 +180,7 @@ static void test_reschedule(void **state)
                 }
                 assert_int_equal(scheduler_schedule(&f.sched, i, d), 0);
                 assert_int_equal(due(&f, i), d);
-                assert_int_equal(f.sched.n_heap, n);
+                assert_int_equal(f.sched.q[SCHEDULER_POLL].n, n);
                 if (step % 97 == 0)
                         heap_check(&f);
         }
@@ -188,13 +188,13 @@ static void test_reschedule(void **state)
 
         /* The root moved later goes down, a leaf moved first (the only due 0) comes up. */
         {
-                SessionIndex root = f.sched.heap[0], leaf = f.sched.heap[n - 1];
+                SessionIndex root = f.sched.q[SCHEDULER_POLL].heap[0], leaf = f.sched.q[SCHEDULER_POLL].heap[n - 1];
                 uint64_t wake;
 
                 assert_int_equal(scheduler_schedule(&f.sched, root, UINT64_MAX - 10), 0);
                 assert_int_equal(scheduler_schedule(&f.sched, leaf, 0), 0);
                 heap_check(&f);
-                assert_int_equal(f.sched.heap[0], leaf);
+                assert_int_equal(f.sched.q[SCHEDULER_POLL].heap[0], leaf);
                 assert_int_equal(scheduler_next(&f.sched, 0, &wake), leaf);
                 scheduler_complete(&f.sched);
         }
@@ -224,28 +224,28 @@ static void test_unschedule(void **state)
 
                 switch (step % 3) {
                 case 0:
-                        pos = rnd_next(&rng) % f.sched.n_heap;
+                        pos = rnd_next(&rng) % f.sched.q[SCHEDULER_POLL].n;
                         break;
                 case 1:
                         pos = 0;
                         break;
                 default:
-                        pos = f.sched.n_heap - 1;
+                        pos = f.sched.q[SCHEDULER_POLL].n - 1;
                         break;
                 }
-                i = f.sched.heap[pos];
+                i = f.sched.q[SCHEDULER_POLL].heap[pos];
                 scheduler_unschedule(&f.sched, i);
                 assert_false(scheduler_is_scheduled(&f.sched, i));
                 assert_int_equal(sessions_get(f.table, i)->heap_pos, SESSION_INDEX_NONE);
                 dropped[i] = true;
                 left--;
-                assert_int_equal(f.sched.n_heap, left);
+                assert_int_equal(f.sched.q[SCHEDULER_POLL].n, left);
                 if (step % 53 == 0)
                         heap_check(&f);
 
                 /* Unscheduling again is harmless. */
                 scheduler_unschedule(&f.sched, i);
-                assert_int_equal(f.sched.n_heap, left);
+                assert_int_equal(f.sched.q[SCHEDULER_POLL].n, left);
         }
         heap_check(&f);
 
@@ -290,7 +290,7 @@ static void test_in_flight_cap(void **state)
         assert_int_equal(f.sched.in_flight, 3);
         /* Only the cap holds things back: a completion asks again. */
         assert_int_equal(wake, UINT64_MAX);
-        assert_int_equal(f.sched.n_heap, 7);
+        assert_int_equal(f.sched.q[SCHEDULER_POLL].n, 7);
 
         scheduler_complete(&f.sched);
         assert_int_equal(drain(&f, 100, &wake), 1);
@@ -301,7 +301,7 @@ static void test_in_flight_cap(void **state)
         for (int k = 0; k < 3; k++)
                 scheduler_complete(&f.sched);
         assert_int_equal(drain(&f, 100, &wake), 3);
-        assert_int_equal(f.sched.n_heap, 1);
+        assert_int_equal(f.sched.q[SCHEDULER_POLL].n, 1);
         fixture_done(&f);
 
         /* Zero means one, not unlimited and not none. */

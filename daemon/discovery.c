@@ -609,7 +609,6 @@ static int take_page(Discovery *disc, DiscoveryScope *sc, const HttpResponse *re
 static void sweep_end(Discovery *disc, DiscoveryScope *sc, uint64_t now, bool *ret_moved)
 {
         bool was_swept = sc->swept;
-        int64_t was_newest = sc->newest_us;
 
         if (sc->pager.hi != DISCOVERY_UNBOUNDED_HI && sc->pager.hi > sc->newest_us)
                 sc->newest_us = sc->pager.hi;
@@ -620,7 +619,10 @@ static void sweep_end(Discovery *disc, DiscoveryScope *sc, uint64_t now, bool *r
         sc->last_end_ms = now;
         sc->due_ms = now + sc->interval_ms;
         disc->counters->sweeps++;
-        *ret_moved = !was_swept || sc->newest_us != was_newest;
+        *ret_moved = !was_swept || sc->told_us == 0 || sc->newest_us - sc->told_us >= DISCOVERY_PERSIST_US ||
+                     sc->newest_us < sc->told_us;
+        if (*ret_moved)
+                sc->told_us = sc->newest_us;
 }
 
 /* httpmux completion, on the loop thread, once per list request. */

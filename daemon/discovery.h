@@ -55,6 +55,8 @@ typedef struct uv_loop_s uv_loop_t;
 #define DISCOVERY_OVERLAP_DEFAULT_US (2 * INT64_C(1000000))
 /* The longest query: runbookID, updatedAfter, updatedBefore, limit and page. */
 #define DISCOVERY_QUERY_MAX 320
+/* How far a watermark moves before it is worth a state record. */
+#define DISCOVERY_PERSIST_US (10 * INT64_C(1000000))
 /* Pending windows of one sweep; past it the top window is paged by index. */
 #define DISCOVERY_WINDOWS_MAX 256
 /* No bound on that side of a window. */
@@ -119,6 +121,7 @@ typedef struct DiscoveryScope {
         bool enabled;     /* swept at all */
         bool swept;       /* a sweep completed, in this run or before a restart */
         int64_t newest_us; /* the watermark: every change before it was listed; 0: none */
+        int64_t told_us;   /* the watermark last reported as moved (to be made durable) */
 
         /* The sweep in progress. */
         bool sweeping;
@@ -148,7 +151,9 @@ typedef struct DiscoveryCallbacks {
         void (*session)(void *userdata, const DiscoveryScope *sc, const SessionSnapshot *s, bool initial,
                         uint64_t done_usec);
         /* A page was taken in; `complete`: it ended a sweep of `sc`;
-         * `moved`: that sweep changed the watermark (to be made durable). */
+         * `moved`: the watermark is worth making durable (it moves every
+         * sweep; this says so at most every DISCOVERY_PERSIST_US, which is
+         * all a restart re-reads on top of the overlap). */
         void (*page)(void *userdata, const DiscoveryScope *sc, bool complete, bool moved);
         /* A list request started by discovery_start_due() has ended, in any
          * way (also cancelled): its in-flight count may go. */

@@ -41,7 +41,7 @@ class ControlTest(unittest.TestCase):
     def config(self, sim, ids, control=None):
         return swtest.Daemon.basic_config(sim.url, sessions=ids, extra={
             "api": {"rate-limit": "off"},
-            "poll": {"interval": "50ms", "waiting-interval": "50ms"},
+            "poll": {"interval": "50ms", "waiting-interval": "50ms", "mode": "get"},
             "journal": {"enable": False},
             "control": control or {},
         })

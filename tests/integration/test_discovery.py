@@ -201,9 +201,10 @@ class DiscoveryTest(unittest.TestCase):
                          [])
 
     def test_429_on_a_sweep_holds_every_request(self):
+        # The witness is of a runbook nobody sweeps: it is polled by GET.
         witness = new_id("seswit")
-        sim = self.start_sim([self.session(witness, self.rbk_a, [[-5, "Active"]])])
-        daemon = self.start_daemon(sim.url, [self.rbk_a])
+        sim = self.start_sim([self.session(witness, self.rbk_b, [[-5, "Active"]])])
+        daemon = self.start_daemon(sim.url, [self.rbk_a], watch={"session": [witness]})
         daemon.wait_for_event(lambda e: e["subject"] == witness)
         self.wait_sweeps(sim, 1)
         retry_after = 2
@@ -306,7 +307,8 @@ class DiscoveryTest(unittest.TestCase):
             self.session(recent, self.rbk_a, [[-40, "Active"], [-30, "Failed"]]),
             self.session(running, self.rbk_a, [[-5, "Active"]]),
         ])
-        daemon = self.start_daemon(sim.url, [self.rbk_a], watch={"backfill": "yes"}, poll={"retain": "1s"})
+        overlap = {"backfill": "yes", "list-overlap": "60s"}
+        daemon = self.start_daemon(sim.url, [self.rbk_a], watch=overlap, poll={"retain": "1s"})
         for sid in (*old, recent, running):
             daemon.wait_for_event(lambda e, sid=sid: e["subject"] == sid)
         # The old ones leave memory: their removal reaches the state file.
@@ -324,7 +326,7 @@ class DiscoveryTest(unittest.TestCase):
             self.assertEqual(len(self.statuses(events, sid)), 1, f"{sid}: {self.statuses(events, sid)}")
         # Nor after a restart.
         daemon.stop()
-        daemon2 = self.start_daemon(sim.url, [self.rbk_a], watch={"backfill": "yes"}, poll={"retain": "1s"},
+        daemon2 = self.start_daemon(sim.url, [self.rbk_a], watch=overlap, poll={"retain": "1s"},
                                     name="sessionwatchd-2")
         self.wait_sweeps(sim, 4)
         self.assertEqual(daemon2.events(), [])

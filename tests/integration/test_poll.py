@@ -69,7 +69,7 @@ class PollTest(unittest.TestCase):
         config = {
             "api": {"url": url, "key-file": "@KEY_FILE@", "rate-limit": "off", "timeout": "10s",
                     **(api or {})},
-            "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL, **(poll or {})},
+            "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL, "mode": "get", **(poll or {})},
             "watch": {"session": list(ids)},
             "journal": {"enable": False},
         }
@@ -317,14 +317,35 @@ class PollTest(unittest.TestCase):
         self.assertEqual(event["data"]["previousStatus"], "Active")
         self.assertIsNone(event["data"]["status"])
         self.assertEqual(event["data"]["session"], {"id": gone})
-        served = sim.counters(times=False)["faults"]["404"]
-        self.assertEqual(served, 1)
+        # Gone takes two 404s at least an interval apart.
+        counters = sim.counters(session=gone)
+        served = counters["faults"]["404"]
+        self.assertEqual(served, 2)
+        times = counters["sessions"][gone]["times"]
+        self.assertEqual(len(times), 2)
+        self.assertGreaterEqual(times[1] - times[0], 0.05 - 0.005, "the two 404s came too close")
+        self.assertIn("answered HTTP 404; asking again", daemon.stderr_text())
         self.wait_polls(sim, witness, 20)
         self.assertEqual(sim.counters(times=False)["faults"]["404"], served,
                          "the gone session was polled again")
         gones = [e for e in daemon.events() if e["type"] == "sessionwatch.session.gone"]
         self.assertEqual(len(gones), 1)
         self.assertEqual(len(daemon.events()), 3, "events beyond the two first ones and gone")
+
+    def test_a_single_404_is_not_gone(self):
+        """A proxy or a deploy answering 404 once makes no gone event."""
+        flap = f"sesflap{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(flap, [[0, "Active"]])])
+        daemon = self.start_daemon(sim.url, [flap])
+        self.wait_first_events(daemon, [flap])
+        sim.fault("404", count=1, session=flap)
+        swtest.wait_until(lambda: sim.counters(times=False)["faults"]["404"] == 1, timeout=10,
+                          message="the 404 was not served")
+        # The confirmation answered 200, and polling goes on past it.
+        self.wait_polls(sim, flap, 5)
+        daemon.wait_for_stderr("answered HTTP 404; asking again", timeout=5)
+        self.assertEqual([e for e in daemon.events() if e["type"] == "sessionwatch.session.gone"], [])
+        self.assertEqual(len(daemon.events()), 1, "events beyond the first one")
 
     def test_rejected_key_is_said_once_and_holds_requests(self):
         ids = [f"seskey{n:02d}{uuid.uuid4().hex[:6]}" for n in range(30)]
@@ -386,7 +407,7 @@ class PollTest(unittest.TestCase):
         sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
         config = {
             "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off"},
-            "poll": {"interval": INTERVAL},
+            "poll": {"interval": INTERVAL, "mode": "get"},
             "watch": {"session": ids},
             "journal": {"enable": False},
         }

@@ -233,7 +233,7 @@ class StateTest(unittest.TestCase):
     def make_daemon(self, sim, ids, state=None, name="sessionwatchd", wrapper=()):
         config = {
             "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off", "timeout": "10s"},
-            "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL},
+            "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL, "mode": "get"},
             "watch": {"session": list(ids)},
             "journal": {"enable": False},
             "state": {"path": state or self.tmp.state},

@@ -912,7 +912,16 @@ static void on_notify_status(void *userdata, char *buf, size_t size)
 
                 if (d->state)
                         state_health(d->state, &h);
-                snprintf(buf + len, size - len, "state %s", !d->state ? "off" : h.degraded ? "degraded" : "ok");
+                len += (size_t)snprintf(buf + len, size - len, "state %s",
+                                        !d->state ? "off" : h.degraded ? "degraded" : "ok");
+        }
+        if (len < size) {
+                /* Only when it matters: work starting late means the budget
+                 * does not carry the load (freshness degrades evenly). */
+                uint64_t behind = scheduler_behind_ms(&d->sched, uv_now(&d->loop), discovery_due_ms(d->disc));
+
+                if (behind >= 1000)
+                        snprintf(buf + len, size - len, "; %" PRIu64 " s behind", behind / 1000);
         }
 }
 
@@ -2049,6 +2058,30 @@ static json_object *cmd_status(void *userdata, json_object *req)
         json_object_object_add(o, "apiUrl", json_object_new_string(d->config->api.url));
         json_object_object_add(o, "sessions", sessions);
         json_object_object_add(o, "inFlight", json_object_new_int64(d->sched.in_flight));
+        {
+                json_object *cov = json_object_new_object(), *by_purpose = json_object_new_object();
+                static const char *const purposes[_PURPOSE_MAX] = {"sweep", "poll", "audit", "confirm"};
+                size_t swept = 0;
+
+                for (size_t k = 0; k < discovery_n_scopes(d->disc); k++)
+                        swept += discovery_scopes(d->disc)[k].enabled;
+                json_object_object_add(cov, "mode",
+                                       json_object_new_string(config_poll_mode_to_string(d->config->poll.mode)));
+                json_object_object_add(cov, "covered", json_object_new_int64((int64_t)d->n_covered));
+                json_object_object_add(cov, "polled",
+                                       json_object_new_int64((int64_t)(sessions_count(d->table) - d->n_covered)));
+                json_object_object_add(cov, "sweptScopes", json_object_new_int64((int64_t)swept));
+                for (int k = 0; k < _PURPOSE_MAX; k++)
+                        json_object_object_add(by_purpose, purposes[k],
+                                               json_object_new_int64((int64_t)d->requests_by_purpose[k]));
+                json_object_object_add(cov, "requests", by_purpose);
+                json_object_object_add(
+                    cov, "behindSeconds",
+                    json_object_new_double(
+                        (double)scheduler_behind_ms(&d->sched, uv_now(&d->loop), discovery_due_ms(d->disc)) /
+                        1000.0));
+                json_object_object_add(o, "coverage", cov);
+        }
         json_object_object_add(o, "polls", polls);
         json_object_object_add(o, "apiErrors", errors);
         json_object_object_add(o, "transitions", json_object_new_int64((int64_t)d->stats.transitions));

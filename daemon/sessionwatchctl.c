@@ -286,6 +286,23 @@ static void print_status(json_object *r)
                 print_row(key, "%" PRId64, json_object_get_int64(v));
         }
         print_row("In flight", "%" PRId64, get_int(r, "inFlight"));
+        {
+                json_object *cov = get(r, "coverage");
+
+                if (cov) {
+                        double behind = json_object_get_double(get(cov, "behindSeconds"));
+
+                        print_row("Coverage", "mode %s: %" PRId64 " covered by sweeps of %" PRId64
+                                              " scope(s), %" PRId64 " polled one by one",
+                                  get_str(cov, "mode", "?"), get_int(cov, "covered"), get_int(cov, "sweptScopes"),
+                                  get_int(cov, "polled"));
+                        print_counts_row("Requests", get(cov, "requests"), false);
+                        if (behind >= 1)
+                                print_row("Behind", "%.0f s (the request budget does not carry the load)", behind);
+                        else
+                                print_row("Behind", "on time");
+                }
+        }
         print_counts_row("Polls", get(r, "polls"), true);
         print_counts_row("API errors", get(r, "apiErrors"), true);
         print_row("Transitions", "%" PRId64 " (%" PRId64 " events)", get_int(r, "transitions"),

@@ -113,7 +113,7 @@ class StreamTest(unittest.TestCase):
     def start_daemon(self, sim, ids, events=None, name="sessionwatchd"):
         config = swtest.Daemon.basic_config(sim.url, sessions=ids, extra={
             "api": {"rate-limit": "off"},
-            "poll": {"interval": "50ms", "waiting-interval": "50ms", "jitter": "0%"},
+            "poll": {"interval": "50ms", "waiting-interval": "50ms", "jitter": "0%", "mode": "get"},
             "journal": {"enable": False},
             "events": events or {},
         })

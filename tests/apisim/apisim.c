@@ -7,8 +7,8 @@
  *   apisim [--listen ADDR] [--port N] [--port-file FILE] [--prefix /v0]
  *          [--key KEY | --key-file FILE] [--scenario FILE]
  *          [--sessions N] [--seed S] [--step-min SECS] [--step-max SECS]
- *          [--runbooks K] [--threads N] [--list-ids FILE]
- *          [--request-log N] [--quiet]
+ *          [--runbooks K] [--stagger SECS] [--threads N] [--list-ids FILE]
+ *          [--request-log N] [--list-order ORDER] [--list-lag MS] [--quiet]
  *
  *   --listen ADDR     IPv4 or IPv6 address to bind (default 127.0.0.1).
  *   --port N          TCP port, 0 for any free port (default 0).
@@ -21,10 +21,22 @@
  *   --seed S          ... deterministically from seed S (default 1) ...
  *   --step-min SECS   ... whose steps last between step-min and step-max
  *   --step-max SECS   seconds (defaults 2 and 20; fractions allowed) ...
- *   --runbooks K      ... spread over K runbooks (default 3).
+ *   --runbooks K      ... spread over K runbooks (default 3) ...
+ *   --stagger SECS    ... starting at instants spread uniformly over the
+ *                     SECS seconds before apisim's start (default 0: all
+ *                     at the start), drawn from the seed and the index.
  *   --threads N       Server threads (default: number of CPUs, at most 16).
  *   --list-ids FILE   Write every session ID, one per line, at start.
  *   --request-log N   Request times kept per session (default 1000).
+ *   --list-order ORDER  Order of /sessions/list (default updated-asc):
+ *                     updated-asc   (updatedAt, id) ascending;
+ *                     updated-desc  (updatedAt, id) descending;
+ *                     id            id ascending, ignoring updatedAt;
+ *                     shuffled      a hash of the id seeded by --seed:
+ *                                   stable across requests, unrelated to
+ *                                   updatedAt and id.
+ *   --list-lag MS     /sessions/list shows every session as it was MS
+ *                     milliseconds ago (default 0; at most 86400000).
  *   --quiet           No diagnostics on stderr besides errors.
  *
  * On start apisim writes --list-ids, then --port-file, then prints
@@ -41,7 +53,12 @@
  *        updatedBefore=RFC3339    updatedAt strictly before
  *        limit=0..50              page size, default 50
  *        page=N                   page index from 0
- *        Ordered by (updatedAt, id) ascending; a short page is the last.
+ *        Ordered by --list-order, (updatedAt, id) ascending by default;
+ *        paging follows that order; a short page is the last. With
+ *        --list-lag MS the filters, the order and the entries are those of
+ *        every session as it was at now - MS (its status and updatedAt
+ *        then; not listed when its first step is later). get is always
+ *        current. With runbookID only that runbook's sessions are scanned.
  *        Bad limit/page/time: 400.
  *   POST /runbooks/execute        {"id"|"slug", "paramValues":{...}} ->
  *                                 {"sessionID":"ses..."}; the new session
@@ -64,6 +81,8 @@
  * GENERATED LIFECYCLE
  *   Pending -> Active -> (Waiting -> Active, zero to two times) ->
  *   Succeeded (60%) | Failed (25%) | Cancelling -> Cancelled (15%).
+ *   Generated sessions start at apisim's start, or with --stagger SECS at
+ *   an instant of the SECS seconds before it.
  *
  * ADMIN API (under /_sim/, no key, JSON in and out)
  *   GET    /_sim/health            {"ok":true,"sessions":N}
@@ -80,9 +99,15 @@
  *                                  "status":S} -> {"id":N,"kind":K}
  *   GET    /_sim/faults            The active rules.
  *   DELETE /_sim/faults            Clears every rule.
+ *   GET    /_sim/config            {"listOrder":"updated-asc","listLagMs":0}
+ *   POST   /_sim/config            {"listOrder":ORDER, "listLagMs":MS}, both
+ *                                  optional: sets them at run time (all or
+ *                                  nothing) and returns the configuration.
+ *                                  Unknown key or bad value: 400 naming it.
  *   GET    /_sim/counters          {"requests":{"get","list","execute",
  *                                  "unauthorized","badRequest","notFound",
- *                                  "other"}, "faults":{KIND:N},
+ *                                  "other"}, "lists":{RUNBOOK|"*":N},
+ *                                  "faults":{KIND:N},
  *                                  "sessions":{ID:{"count":N,"times":[...]}}}
  *                                  ?session=ID for one, ?times=0 for none.
  *   POST   /_sim/counters/reset    Zeroes all counters.
@@ -97,9 +122,18 @@
  *   Content-Length), invalid-json (200, not JSON), wrong-type (200,
  *   "status":3 and "updatedAt":true; execute: "sessionID":12345), huge
  *   (200, valid JSON over 2 MiB), unknown-status (200, status "Exploded" or
- *   the rule's "status"). Without count and probability a rule fires once.
- *   A "session" rule matches only /sessions/get for that ID. Rules apply
- *   to authorized, well-formed API requests; the first matching rule wins.
+ *   the rule's "status"), list-miss (below). Without count and probability
+ *   a rule fires once. A "session" rule matches only /sessions/get for that
+ *   ID. Rules apply to authorized, well-formed API requests; the first
+ *   matching rule wins.
+ *   list-miss (endpoint list only) is not part of that choice: it takes one
+ *   entry out of the page of a list answer as it is rendered (after the
+ *   other rules, and not when they replaced the answer), leaving the rest
+ *   of the page as it was, so a full page may come short. With "session":ID
+ *   it applies to the next list answer that would contain ID and leaves ID
+ *   out (count N: the next N such answers; probability: each such answer
+ *   with that chance); without it, it leaves out one entry chosen at random
+ *   (seeded) of each list answer it applies to. Counted as "list-miss".
  *
  * COUNTERS
  *   Each API request counts once: as unauthorized, as badRequest, as other
@@ -107,6 +141,8 @@
  *   notFound counts the get requests for unknown sessions among "get".
  *   Per session: authorized get requests for it, and the Unix times (in
  *   seconds, microsecond precision) of the most recent --request-log ones.
+ *   "lists": the list requests by the runbookID they asked for, "*" for
+ *   those without one; they add up to "list". Reset empties it.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -132,6 +168,8 @@
 #define SERVER_ADMIN_BODY_MAX (256u << 20)
 #define SERVER_HUGE_PADDING ((size_t)5 << 19) /* 2.5 MiB */
 #define SERVER_LIST_LIMIT_MAX 50
+#define SERVER_LIST_LAG_MAX_MS 86400000u
+#define SERVER_LIST_COUNTS_MAX 100000
 
 struct options {
         const char *listen;
@@ -145,9 +183,12 @@ struct options {
         double step_min;
         double step_max;
         unsigned runbooks;
+        double stagger;
         unsigned threads;
         const char *list_ids;
         unsigned request_log;
+        enum list_order list_order;
+        unsigned list_lag_ms;
         bool quiet;
 };
 
@@ -182,11 +223,104 @@ static struct {
         const char *key;
         size_t key_len;
         atomic_ullong counters[COUNTER_MAX];
+        /* The run-time configuration of /_sim/config. */
+        atomic_int list_order;
+        atomic_uint list_lag_ms;
 } server;
+
+/*
+ * List requests per runbookID as the client asked for it ("*": without
+ * one), in an open-addressing table. A list scans many sessions, so one
+ * mutex per list request costs nothing worth a lock-free design.
+ */
+struct list_count {
+        char *runbook;
+        unsigned long long count;
+};
+
+static struct {
+        pthread_mutex_t lock;
+        struct list_count *slots;
+        size_t cap;
+        size_t n;
+} list_counts = {
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+};
 
 static void server_count(enum counter c)
 {
         atomic_fetch_add_explicit(&server.counters[c], 1, memory_order_relaxed);
+}
+
+/* The caller holds the lock; returns the slot of the name, or the empty slot where it belongs. */
+static struct list_count *list_counts_slot(struct list_count *slots, size_t cap, const char *runbook)
+{
+        size_t mask = cap - 1;
+
+        for (size_t i = util_hash_string(runbook) & mask;; i = (i + 1) & mask)
+                if (!slots[i].runbook || strcmp(slots[i].runbook, runbook) == 0)
+                        return &slots[i];
+}
+
+static void list_counts_add(const char *runbook)
+{
+        struct list_count *c;
+
+        if (!runbook)
+                runbook = "*";
+        pthread_mutex_lock(&list_counts.lock);
+        if ((list_counts.n + 1) * 2 > list_counts.cap) {
+                size_t cap = list_counts.cap ? list_counts.cap * 2 : 64;
+                struct list_count *slots = xcalloc(cap, sizeof(*slots));
+
+                for (size_t i = 0; i < list_counts.cap; i++)
+                        if (list_counts.slots[i].runbook)
+                                *list_counts_slot(slots, cap, list_counts.slots[i].runbook) =
+                                    list_counts.slots[i];
+                free(list_counts.slots);
+                list_counts.slots = slots;
+                list_counts.cap = cap;
+        }
+        c = list_counts_slot(list_counts.slots, list_counts.cap, runbook);
+        if (!c->runbook && list_counts.n < SERVER_LIST_COUNTS_MAX) {
+                c->runbook = xstrdup(runbook);
+                list_counts.n++;
+        }
+        if (c->runbook)
+                c->count++;
+        pthread_mutex_unlock(&list_counts.lock);
+}
+
+static void list_counts_dump(struct sbuf *out)
+{
+        bool first = true;
+
+        sbuf_putc(out, '{');
+        pthread_mutex_lock(&list_counts.lock);
+        for (size_t i = 0; i < list_counts.cap; i++) {
+                const struct list_count *c = &list_counts.slots[i];
+
+                if (!c->runbook)
+                        continue;
+                if (!first)
+                        sbuf_putc(out, ',');
+                first = false;
+                sbuf_put_json_string(out, c->runbook);
+                sbuf_printf(out, ":%llu", c->count);
+        }
+        pthread_mutex_unlock(&list_counts.lock);
+        sbuf_putc(out, '}');
+}
+
+static void list_counts_reset(void)
+{
+        pthread_mutex_lock(&list_counts.lock);
+        for (size_t i = 0; i < list_counts.cap; i++)
+                free(list_counts.slots[i].runbook);
+        free(list_counts.slots);
+        list_counts.slots = NULL;
+        list_counts.cap = list_counts.n = 0;
+        pthread_mutex_unlock(&list_counts.lock);
 }
 
 static enum MHD_Result server_reply_buf(struct MHD_Connection *conn, unsigned status, char *body, size_t len,
@@ -492,8 +626,12 @@ static enum MHD_Result server_handle_list(struct MHD_Connection *conn, void **re
                         return server_bad_request(conn, "invalid page '%.100s': expected a page index", v);
                 q.page = n;
         }
+        q.order = (enum list_order)atomic_load(&server.list_order);
+        q.lag_us = (int64_t)atomic_load(&server.list_lag_ms) * 1000;
+        q.miss = faults_list_miss;
         if (!(req && req->decided)) {
                 server_count(COUNTER_LIST);
+                list_counts_add(q.runbook_id);
                 if (server_decide(conn, req_cls, ENDPOINT_LIST, NULL, &fa) > 0)
                         return MHD_YES;
                 if (server_fault_answer(conn, &fa, &ret) == 0)
@@ -627,6 +765,52 @@ static enum MHD_Result server_admin_error(struct MHD_Connection *conn, unsigned 
         return server_error(conn, status, 0, "%s", msg);
 }
 
+static void server_dump_config(struct sbuf *out)
+{
+        sbuf_puts(out, "{\"listOrder\":");
+        sbuf_put_json_string(out, list_order_name((enum list_order)atomic_load(&server.list_order)));
+        sbuf_printf(out, ",\"listLagMs\":%u}", atomic_load(&server.list_lag_ms));
+}
+
+/* Applies a POST /_sim/config body: every key is checked before any is applied. */
+static int server_set_config(json_object *body, char *err, size_t errlen)
+{
+        int order = -1;
+        int64_t lag = -1;
+
+        if (!json_object_is_type(body, json_type_object)) {
+                snprintf(err, errlen, "body must be a JSON object");
+                return -EINVAL;
+        }
+        json_object_object_foreach(body, key, val)
+        {
+                if (strcmp(key, "listOrder") == 0) {
+                        if (!json_object_is_type(val, json_type_string) ||
+                            (order = list_order_from_name(json_object_get_string(val))) < 0) {
+                                snprintf(err, errlen, "\"listOrder\" must be %s",
+                                         "\"updated-asc\", \"updated-desc\", \"id\" or \"shuffled\"");
+                                return -EINVAL;
+                        }
+                } else if (strcmp(key, "listLagMs") == 0) {
+                        if (!json_object_is_type(val, json_type_int) ||
+                            (lag = json_object_get_int64(val)) < 0 || lag > SERVER_LIST_LAG_MAX_MS) {
+                                snprintf(err, errlen, "\"listLagMs\" must be an integer from 0 to %u",
+                                         SERVER_LIST_LAG_MAX_MS);
+                                return -EINVAL;
+                        }
+                } else {
+                        snprintf(err, errlen, "unknown key \"%.200s\" (expected listOrder or listLagMs)",
+                                 key);
+                        return -EINVAL;
+                }
+        }
+        if (order >= 0)
+                atomic_store(&server.list_order, order);
+        if (lag >= 0)
+                atomic_store(&server.list_lag_ms, (unsigned)lag);
+        return 0;
+}
+
 static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const char *path, const char *method,
                                            struct request *req)
 {
@@ -721,6 +905,26 @@ static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const ch
                 }
                 return server_reply(conn, MHD_HTTP_OK, &b);
         }
+        if (strcmp(path, "config") == 0) {
+                if (post) {
+                        body = server_parse_body(req);
+                        if (!body) {
+                                sbuf_done(&b);
+                                return server_admin_error(conn, MHD_HTTP_BAD_REQUEST,
+                                                          "body is not valid JSON");
+                        }
+                        r = server_set_config(body, err, sizeof(err));
+                        json_object_put(body);
+                        if (r < 0) {
+                                sbuf_done(&b);
+                                return server_admin_error(conn, MHD_HTTP_BAD_REQUEST, err);
+                        }
+                } else if (!get) {
+                        goto not_allowed_get_post;
+                }
+                server_dump_config(&b);
+                return server_reply(conn, MHD_HTTP_OK, &b);
+        }
         if (strcmp(path, "counters") == 0) {
                 const char *t = server_arg(conn, "times");
 
@@ -730,7 +934,9 @@ static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const ch
                 for (int i = 0; i < COUNTER_MAX; i++)
                         sbuf_printf(&b, "%s\"%s\":%llu", i ? "," : "", server_counter_names[i],
                                     (unsigned long long)atomic_load(&server.counters[i]));
-                sbuf_puts(&b, "},\"faults\":");
+                sbuf_puts(&b, "},\"lists\":");
+                list_counts_dump(&b);
+                sbuf_puts(&b, ",\"faults\":");
                 faults_dump_counters(&b);
                 sbuf_puts(&b, ",\"sessions\":");
                 store_dump_counters(server_arg(conn, "session"), !(t && strcmp(t, "0") == 0), &b);
@@ -743,6 +949,7 @@ static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const ch
                 for (int i = 0; i < COUNTER_MAX; i++)
                         atomic_store(&server.counters[i], 0);
                 faults_reset_counters();
+                list_counts_reset();
                 store_reset_counters();
                 sbuf_puts(&b, "{\"reset\":true}");
                 return server_reply(conn, MHD_HTTP_OK, &b);
@@ -873,8 +1080,8 @@ static void usage(FILE *f)
         fputs("Usage: apisim [--listen ADDR] [--port N] [--port-file FILE] [--prefix /v0]\n"
               "              [--key KEY | --key-file FILE] [--scenario FILE]\n"
               "              [--sessions N] [--seed S] [--step-min SECS] [--step-max SECS]\n"
-              "              [--runbooks K] [--threads N] [--list-ids FILE]\n"
-              "              [--request-log N] [--quiet]\n"
+              "              [--runbooks K] [--stagger SECS] [--threads N] [--list-ids FILE]\n"
+              "              [--request-log N] [--list-order ORDER] [--list-lag MS] [--quiet]\n"
               "Simulates the Airplane API's session endpoints; see tests/apisim/README.md.\n",
               f);
 }
@@ -949,9 +1156,12 @@ static int parse_options(int argc, char **argv, struct options *o)
                 OPT_STEP_MIN,
                 OPT_STEP_MAX,
                 OPT_RUNBOOKS,
+                OPT_STAGGER,
                 OPT_THREADS,
                 OPT_LIST_IDS,
                 OPT_REQUEST_LOG,
+                OPT_LIST_ORDER,
+                OPT_LIST_LAG,
                 OPT_QUIET,
                 OPT_HELP,
         };
@@ -968,9 +1178,12 @@ static int parse_options(int argc, char **argv, struct options *o)
             {"step-min", required_argument, NULL, OPT_STEP_MIN},
             {"step-max", required_argument, NULL, OPT_STEP_MAX},
             {"runbooks", required_argument, NULL, OPT_RUNBOOKS},
+            {"stagger", required_argument, NULL, OPT_STAGGER},
             {"threads", required_argument, NULL, OPT_THREADS},
             {"list-ids", required_argument, NULL, OPT_LIST_IDS},
             {"request-log", required_argument, NULL, OPT_REQUEST_LOG},
+            {"list-order", required_argument, NULL, OPT_LIST_ORDER},
+            {"list-lag", required_argument, NULL, OPT_LIST_LAG},
             {"quiet", no_argument, NULL, OPT_QUIET},
             {"help", no_argument, NULL, OPT_HELP},
             {},
@@ -978,7 +1191,7 @@ static int parse_options(int argc, char **argv, struct options *o)
         const char *key = NULL, *key_file = NULL, *prefix = "/v0";
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         uint64_t v;
-        int c;
+        int c, order;
 
         o->listen = "127.0.0.1";
         o->seed = 1;
@@ -1037,6 +1250,10 @@ static int parse_options(int argc, char **argv, struct options *o)
                                 return -EINVAL;
                         o->runbooks = (unsigned)v;
                         break;
+                case OPT_STAGGER:
+                        if (parse_secs("--stagger", optarg, &o->stagger) < 0)
+                                return -EINVAL;
+                        break;
                 case OPT_THREADS:
                         if (parse_u64("--threads", optarg, 1, 256, &v) < 0)
                                 return -EINVAL;
@@ -1049,6 +1266,22 @@ static int parse_options(int argc, char **argv, struct options *o)
                         if (parse_u64("--request-log", optarg, 0, 1000000, &v) < 0)
                                 return -EINVAL;
                         o->request_log = (unsigned)v;
+                        break;
+                case OPT_LIST_ORDER:
+                        order = list_order_from_name(optarg);
+                        if (order < 0) {
+                                fprintf(stderr,
+                                        "apisim: --list-order: invalid value '%s' (expected updated-asc, "
+                                        "updated-desc, id or shuffled)\n",
+                                        optarg);
+                                return -EINVAL;
+                        }
+                        o->list_order = (enum list_order)order;
+                        break;
+                case OPT_LIST_LAG:
+                        if (parse_u64("--list-lag", optarg, 0, SERVER_LIST_LAG_MAX_MS, &v) < 0)
+                                return -EINVAL;
+                        o->list_lag_ms = (unsigned)v;
                         break;
                 case OPT_QUIET:
                         o->quiet = true;
@@ -1210,6 +1443,7 @@ int main(int argc, char **argv)
             .step_max = o.step_max,
             .runbooks = o.runbooks,
             .sessions = o.sessions,
+            .stagger = o.stagger,
             .request_log = o.request_log,
         };
         store_init(&cfg);
@@ -1223,6 +1457,8 @@ int main(int argc, char **argv)
         server.prefix_len = strlen(o.prefix);
         server.key = o.key;
         server.key_len = strlen(o.key);
+        atomic_store(&server.list_order, (int)o.list_order);
+        atomic_store(&server.list_lag_ms, o.list_lag_ms);
         raise_fd_limit();
 
         r = delay_start();
@@ -1284,6 +1520,7 @@ int main(int argc, char **argv)
         delay_stop();
         MHD_stop_daemon(d);
         faults_free();
+        list_counts_reset();
         store_free();
         options_free(&o);
         return 0;

@@ -6,6 +6,11 @@
  * retires after that many requests, a rule with a probability fires on each
  * matching request with that chance (from a seeded generator, so a run is
  * repeatable) until the rules are cleared.
+ *
+ * list-miss rules stand apart: they do not decide a request's fault but
+ * take entries out of a list answer about to be rendered, so they are
+ * consulted by faults_list_miss() with the page's IDs, never by
+ * faults_pick().
  */
 #include <errno.h>
 #include <pthread.h>
@@ -44,12 +49,14 @@ static const char *const faults_names[FAULT_KIND_MAX] = {
     [FAULT_WRONG_TYPE] = "wrong-type",
     [FAULT_HUGE] = "huge",
     [FAULT_UNKNOWN_STATUS] = "unknown-status",
+    [FAULT_LIST_MISS] = "list-miss",
 };
 
 static struct {
         pthread_mutex_t lock;
         struct fault_rule *rules; /* in insertion order */
         atomic_uint n_rules;      /* read without the lock on the hot path */
+        atomic_uint n_miss;       /* list-miss rules among them */
         unsigned next_id;
         uint64_t rng;
         atomic_ullong served[FAULT_KIND_MAX];
@@ -141,15 +148,15 @@ int faults_add(json_object *obj, struct sbuf *out, char *err, size_t errlen)
                         break;
         if (k == FAULT_KIND_MAX) {
                 snprintf(err, errlen,
-                         "unknown fault kind '%.64s' (expected 500, 502, 503, 429, delay, reset, truncate, "
-                         "invalid-json, wrong-type, huge or unknown-status)",
+                         "unknown fault kind '%.64s' (expected 500, 502, 503, 404, 403, 429, delay, reset, "
+                         "truncate, invalid-json, wrong-type, huge, unknown-status or list-miss)",
                          kind);
                 return -EINVAL;
         }
 
         r = xcalloc(1, sizeof(*r));
         r->kind = (enum fault_kind)k;
-        r->endpoints = ENDPOINT_ALL;
+        r->endpoints = r->kind == FAULT_LIST_MISS ? ENDPOINT_LIST : ENDPOINT_ALL;
         r->retry_after = r->kind == FAULT_429 ? 1 : 0;
         r->delay_ms = 1000;
         snprintf(r->status, sizeof(r->status), "Exploded");
@@ -199,6 +206,10 @@ int faults_add(json_object *obj, struct sbuf *out, char *err, size_t errlen)
                         goto fail;
                 }
         }
+        if (r->kind == FAULT_LIST_MISS && r->endpoints != ENDPOINT_LIST) {
+                snprintf(err, errlen, "\"endpoint\" of a list-miss rule must be \"list\"");
+                goto fail;
+        }
         if (faults_get_uint(obj, "retryAfter", 86400, &n, err, errlen) < 0)
                 goto fail;
         if (json_object_object_get_ex(obj, "retryAfter", &v))
@@ -223,6 +234,8 @@ int faults_add(json_object *obj, struct sbuf *out, char *err, size_t errlen)
                 ;
         *tail = r;
         atomic_fetch_add(&faults.n_rules, 1);
+        if (r->kind == FAULT_LIST_MISS)
+                atomic_fetch_add(&faults.n_miss, 1);
         pthread_mutex_unlock(&faults.lock);
         sbuf_printf(out, "{\"id\":%u,\"kind\":", r->id);
         sbuf_put_json_string(out, faults_names[r->kind]);
@@ -241,6 +254,7 @@ void faults_clear(void)
         r = faults.rules;
         faults.rules = NULL;
         atomic_store(&faults.n_rules, 0);
+        atomic_store(&faults.n_miss, 0);
         pthread_mutex_unlock(&faults.lock);
         while (r) {
                 struct fault_rule *next = r->next;
@@ -307,7 +321,7 @@ bool faults_pick(enum endpoint ep, const char *session_id, struct fault_action *
 
         pthread_mutex_lock(&faults.lock);
         for (pp = &faults.rules; (r = *pp); pp = &r->next) {
-                if (!(r->endpoints & (unsigned)ep))
+                if (!(r->endpoints & (unsigned)ep) || r->kind == FAULT_LIST_MISS)
                         continue;
                 if (r->session && (!session_id || strcmp(r->session, session_id) != 0))
                         continue;
@@ -329,6 +343,71 @@ bool faults_pick(enum endpoint ep, const char *session_id, struct fault_action *
         if (hit)
                 atomic_fetch_add(&faults.served[ret->kind], 1);
         return hit;
+}
+
+/* Picks the entry a list-miss rule takes out of a page, or returns n when it takes none. */
+static size_t faults_miss_victim(const struct fault_rule *r, const char *const *ids, size_t n,
+                                 const bool *omit)
+{
+        size_t left = 0, k;
+
+        if (r->session) {
+                for (size_t i = 0; i < n; i++)
+                        if (!omit[i] && strcmp(ids[i], r->session) == 0)
+                                return i;
+                return n;
+        }
+        for (size_t i = 0; i < n; i++)
+                left += !omit[i];
+        if (left == 0)
+                return n;
+        k = (size_t)(rng_next(&faults.rng) % left);
+        for (size_t i = 0; i < n; i++)
+                if (!omit[i] && k-- == 0)
+                        return i;
+        return n;
+}
+
+/*
+ * Applies the list-miss rules to a page of a list answer: a rule naming a
+ * session fires on an answer holding that session and leaves it out; a rule
+ * without a session fires on any answer with an entry left and leaves out
+ * one chosen at random. Every rule that fires counts one answer against its
+ * count (or rolls its probability first).
+ */
+void faults_list_miss(const char *const *ids, size_t n, bool *omit)
+{
+        struct fault_rule **pp, *r;
+
+        if (n == 0 || atomic_load_explicit(&faults.n_miss, memory_order_relaxed) == 0)
+                return;
+
+        pthread_mutex_lock(&faults.lock);
+        for (pp = &faults.rules; (r = *pp);) {
+                size_t victim;
+
+                if (r->kind != FAULT_LIST_MISS) {
+                        pp = &r->next;
+                        continue;
+                }
+                /* The chance is rolled only for an answer the rule could change. */
+                victim = faults_miss_victim(r, ids, n, omit);
+                if (victim == n || (r->probability < 1.0 && rng_unit(&faults.rng) >= r->probability)) {
+                        pp = &r->next;
+                        continue;
+                }
+                omit[victim] = true;
+                atomic_fetch_add(&faults.served[FAULT_LIST_MISS], 1);
+                if (r->remaining > 0 && --r->remaining == 0) {
+                        *pp = r->next;
+                        atomic_fetch_sub(&faults.n_rules, 1);
+                        atomic_fetch_sub(&faults.n_miss, 1);
+                        faults_rule_free(r);
+                        continue;
+                }
+                pp = &r->next;
+        }
+        pthread_mutex_unlock(&faults.lock);
 }
 
 void faults_dump_counters(struct sbuf *out)

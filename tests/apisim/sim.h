@@ -55,6 +55,7 @@ void simtime_format_date(int64_t us, char buf[static 9]);
 uint64_t rng_next(uint64_t *state);
 double rng_unit(uint64_t *state);
 uint64_t rng_mix(uint64_t x);
+uint64_t util_hash_string(const char *s);
 
 /* util.c: writes a file through a temporary name and rename(2). */
 int util_write_file_atomic(const char *path, const char *data, size_t len);
@@ -78,6 +79,7 @@ struct store_config {
         double step_max;
         unsigned runbooks;
         size_t sessions;
+        double stagger; /* generated sessions start up to this many seconds before apisim */
         unsigned request_log;
 };
 
@@ -97,14 +99,29 @@ size_t store_count(void);
 int store_get(const char *id, int64_t now, bool record, const struct store_render *render, struct sbuf *out);
 void store_record_request(const char *id, int64_t now);
 
+enum list_order {
+        LIST_ORDER_UPDATED_ASC,
+        LIST_ORDER_UPDATED_DESC,
+        LIST_ORDER_ID,
+        LIST_ORDER_SHUFFLED,
+        LIST_ORDER_MAX,
+};
+
+const char *list_order_name(enum list_order o);
+int list_order_from_name(const char *s);
+
 struct store_list_query {
         const char *runbook_id;
+        enum list_order order;
+        int64_t lag_us; /* the list shows every session as it was lag_us ago */
         bool has_after;
         bool has_before;
         int64_t after_us;
         int64_t before_us;
         unsigned limit;
         uint64_t page;
+        /* Called with the IDs of the page about to be rendered; sets omit[i] to leave entry i out. */
+        void (*miss)(const char *const *ids, size_t n, bool *omit);
 };
 int store_list(const struct store_list_query *q, int64_t now, const struct store_render *render,
                struct sbuf *out);
@@ -133,6 +150,7 @@ enum fault_kind {
         FAULT_WRONG_TYPE,
         FAULT_HUGE,
         FAULT_UNKNOWN_STATUS,
+        FAULT_LIST_MISS,
         FAULT_KIND_MAX,
 };
 
@@ -159,6 +177,7 @@ int faults_add(json_object *rule, struct sbuf *out, char *err, size_t errlen);
 void faults_clear(void);
 void faults_dump(struct sbuf *out);
 bool faults_pick(enum endpoint ep, const char *session_id, struct fault_action *ret);
+void faults_list_miss(const char *const *ids, size_t n, bool *omit);
 void faults_dump_counters(struct sbuf *out);
 void faults_reset_counters(void);
 

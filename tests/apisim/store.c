@@ -13,6 +13,9 @@
  * needed, which is cheaper than a cache miss on a stored one. Only sessions
  * from a scenario, and sessions whose status was overridden, carry an
  * explicit timeline.
+ *
+ * Each runbook keeps the numbers of its sessions, so that a list filtered
+ * by runbook looks only at that runbook's sessions.
  */
 #include <assert.h>
 #include <errno.h>
@@ -90,6 +93,10 @@ struct runbook {
         char *name;
         char *params_json;
         const struct runbook_tpl *tpl;
+        /* The numbers of its sessions, ascending (sessions are only ever appended). */
+        uint32_t *members;
+        size_t n_members;
+        size_t cap_members;
 };
 
 struct arena_chunk {
@@ -221,13 +228,7 @@ static char *store_arena_strdup(const char *s)
 
 static uint64_t store_hash(const char *s)
 {
-        uint64_t h = 0xcbf29ce484222325ULL;
-
-        for (; *s; s++) {
-                h ^= (unsigned char)*s;
-                h *= 0x100000001b3ULL;
-        }
-        return rng_mix(h);
+        return util_hash_string(s);
 }
 
 /*
@@ -321,6 +322,19 @@ static struct session *store_append(const char *id)
         return s;
 }
 
+/* Puts a session in a runbook; the caller holds the write lock. */
+static void store_attach(struct session *s, uint32_t rb)
+{
+        struct runbook *r = &store.runbooks[rb];
+
+        s->runbook = rb;
+        if (r->n_members == r->cap_members) {
+                r->cap_members = r->cap_members ? r->cap_members * 2 : 64;
+                r->members = xrealloc(r->members, r->cap_members * sizeof(*r->members));
+        }
+        r->members[r->n_members++] = (uint32_t)(s - store.sessions);
+}
+
 static uint32_t store_status_intern(const char *raw)
 {
         for (size_t i = 0; i < store.n_statuses; i++)
@@ -372,6 +386,8 @@ static uint32_t store_runbook_add(const char *id, const char *slug, const char *
         rb->slug = xstrdup(slug);
         rb->name = xstrdup(name);
         rb->tpl = tpl;
+        rb->members = NULL;
+        rb->n_members = rb->cap_members = 0;
         sbuf_init(&b, 512);
         store_render_params(&b, tpl);
         rb->params_json = sbuf_steal(&b, NULL);
@@ -684,7 +700,13 @@ void store_init(const struct store_config *cfg)
                 s = store_append(id);
                 s->gen = (uint32_t)i;
                 s->start = now;
-                s->runbook = (uint32_t)(i % cfg->runbooks);
+                if (cfg->stagger > 0) {
+                        /* Spread over the stagger window before the start, the same for a seed. */
+                        uint64_t sg = rng_mix(cfg->seed ^ rng_mix((uint64_t)i + 0x57a66e57a66eULL));
+
+                        s->start -= (int64_t)llround(rng_unit(&sg) * cfg->stagger * 1e6);
+                }
+                store_attach(s, (uint32_t)(i % cfg->runbooks));
         }
         store.next_gen = (uint32_t)cfg->sessions;
 }
@@ -727,6 +749,7 @@ void store_free(void)
                 free(store.runbooks[i].slug);
                 free(store.runbooks[i].name);
                 free(store.runbooks[i].params_json);
+                free(store.runbooks[i].members);
         }
         free(store.runbooks);
         for (size_t i = 0; i < store.n_statuses; i++)
@@ -816,6 +839,12 @@ static void store_truncate(size_t n)
                 store_timeline_free(store.sessions[i].tl);
                 store_meta_free(store.sessions[i].meta);
                 store_log_free(store.sessions[i].log);
+        }
+        for (size_t i = 0; i < store.n_runbooks; i++) {
+                struct runbook *r = &store.runbooks[i];
+
+                while (r->n_members > 0 && r->members[r->n_members - 1] >= n)
+                        r->n_members--;
         }
         store.n = n;
         store_index_rebuild(store.n);
@@ -934,7 +963,7 @@ static int store_load_one(json_object *js, int64_t base_us, const char *where, c
                 m->name = xstrdup(store.runbooks[rb].name);
 
         s = store_append(id);
-        s->runbook = (uint32_t)rb;
+        store_attach(s, (uint32_t)rb);
         s->tl = tl;
         s->meta = m;
         return 0;
@@ -1042,27 +1071,68 @@ void store_record_request(const char *id, int64_t now)
         pthread_rwlock_unlock(&store.lock);
 }
 
+static const char *const store_list_order_names[LIST_ORDER_MAX] = {
+    [LIST_ORDER_UPDATED_ASC] = "updated-asc",
+    [LIST_ORDER_UPDATED_DESC] = "updated-desc",
+    [LIST_ORDER_ID] = "id",
+    [LIST_ORDER_SHUFFLED] = "shuffled",
+};
+
+const char *list_order_name(enum list_order o)
+{
+        return o < LIST_ORDER_MAX ? store_list_order_names[o] : "?";
+}
+
+int list_order_from_name(const char *s)
+{
+        for (int i = 0; i < LIST_ORDER_MAX; i++)
+                if (strcmp(s, store_list_order_names[i]) == 0)
+                        return i;
+        return -EINVAL;
+}
+
 struct list_item {
         int64_t updated;
+        uint64_t key; /* the shuffled order's seeded hash of the ID */
         uint32_t num;
 };
 
-static bool store_item_less(const struct list_item *a, const struct list_item *b)
+static int store_item_cmp_id(const struct list_item *a, const struct list_item *b)
 {
-        if (a->updated != b->updated)
-                return a->updated < b->updated;
-        return strcmp(store.sessions[a->num].id, store.sessions[b->num].id) < 0;
+        return strcmp(store.sessions[a->num].id, store.sessions[b->num].id);
 }
 
-static void store_heap_sift_down(struct list_item *h, size_t n, size_t i)
+/* Whether a comes before b in the list's order; IDs are unique, so the order is total. */
+static bool store_item_before(enum list_order order, const struct list_item *a, const struct list_item *b)
+{
+        switch (order) {
+        case LIST_ORDER_UPDATED_DESC:
+                if (a->updated != b->updated)
+                        return a->updated > b->updated;
+                return store_item_cmp_id(a, b) > 0;
+        case LIST_ORDER_ID:
+                return store_item_cmp_id(a, b) < 0;
+        case LIST_ORDER_SHUFFLED:
+                if (a->key != b->key)
+                        return a->key < b->key;
+                return store_item_cmp_id(a, b) < 0;
+        case LIST_ORDER_UPDATED_ASC:
+        default:
+                if (a->updated != b->updated)
+                        return a->updated < b->updated;
+                return store_item_cmp_id(a, b) < 0;
+        }
+}
+
+static void store_heap_sift_down(enum list_order order, struct list_item *h, size_t n, size_t i)
 {
         for (;;) {
                 size_t l = 2 * i + 1, r = l + 1, m = i;
                 struct list_item t;
 
-                if (l < n && store_item_less(&h[m], &h[l]))
+                if (l < n && store_item_before(order, &h[m], &h[l]))
                         m = l;
-                if (r < n && store_item_less(&h[m], &h[r]))
+                if (r < n && store_item_before(order, &h[m], &h[r]))
                         m = r;
                 if (m == i)
                         return;
@@ -1073,13 +1143,13 @@ static void store_heap_sift_down(struct list_item *h, size_t n, size_t i)
         }
 }
 
-static void store_heap_sift_up(struct list_item *h, size_t i)
+static void store_heap_sift_up(enum list_order order, struct list_item *h, size_t i)
 {
         while (i > 0) {
                 size_t p = (i - 1) / 2;
                 struct list_item t;
 
-                if (!store_item_less(&h[p], &h[i]))
+                if (!store_item_before(order, &h[p], &h[i]))
                         return;
                 t = h[i];
                 h[i] = h[p];
@@ -1089,72 +1159,96 @@ static void store_heap_sift_up(struct list_item *h, size_t i)
 }
 
 /*
- * Lists sessions ordered by (updatedAt, id), oldest first. Only the first
- * (page + 1) * limit items in that order are ever needed, so a bounded
- * max-heap keeps them while scanning instead of sorting every session.
+ * Lists sessions in the query's order, each as it was lag_us ago. Only the
+ * first (page + 1) * limit items in that order are ever needed, so a
+ * bounded max-heap (its top is the last item kept) holds them while
+ * scanning instead of sorting every session. With a runbook, only that
+ * runbook's sessions are scanned.
  */
 int store_list(const struct store_list_query *q, int64_t now, const struct store_render *render,
                struct sbuf *out)
 {
+        const uint64_t shuffle_key = rng_mix(store.cfg.seed ^ 0x5eed5a1ad5eedULL);
+        const int64_t at = now - q->lag_us;
+        const uint32_t *members = NULL;
         struct list_item *heap = NULL;
-        size_t want, count = 0, skip;
-        int rb = -1;
+        const char **ids = NULL;
+        bool *omit = NULL, first = true;
+        size_t n_scan, want, skip, count = 0;
 
         sbuf_puts(out, "{\"sessions\":[");
         pthread_rwlock_rdlock(&store.lock);
+        n_scan = store.n;
         if (q->runbook_id) {
-                rb = store_runbook_find(q->runbook_id);
+                int rb = store_runbook_find(q->runbook_id);
+
                 if (rb < 0)
                         goto done;
+                members = store.runbooks[rb].members;
+                n_scan = store.runbooks[rb].n_members;
         }
-        if (q->limit == 0 || q->page >= store.n)
+        skip = (size_t)q->page * q->limit;
+        if (q->limit == 0 || skip >= n_scan)
                 goto done;
-        want = (size_t)(q->page + 1) * q->limit;
-        if (want > store.n)
-                want = store.n;
+        want = skip + q->limit;
+        if (want > n_scan)
+                want = n_scan;
         heap = xmalloc(want * sizeof(*heap));
-        for (size_t i = 0; i < store.n; i++) {
-                const struct session *s = &store.sessions[i];
+        for (size_t i = 0; i < n_scan; i++) {
+                uint32_t num = members ? members[i] : (uint32_t)i;
+                const struct session *s = &store.sessions[num];
                 struct list_item it;
                 struct view v;
 
-                if (rb >= 0 && s->runbook != (uint32_t)rb)
-                        continue;
-                store_view(s, now, &v);
+                store_view(s, at, &v);
                 if (!v.visible || (q->has_after && v.updated <= q->after_us) ||
                     (q->has_before && v.updated >= q->before_us))
                         continue;
                 it.updated = v.updated;
-                it.num = (uint32_t)i;
+                it.key = q->order == LIST_ORDER_SHUFFLED ? rng_mix(store_hash(s->id) ^ shuffle_key) : 0;
+                it.num = num;
                 if (count < want) {
                         heap[count++] = it;
-                        store_heap_sift_up(heap, count - 1);
-                } else if (store_item_less(&it, &heap[0])) {
+                        store_heap_sift_up(q->order, heap, count - 1);
+                } else if (store_item_before(q->order, &it, &heap[0])) {
                         heap[0] = it;
-                        store_heap_sift_down(heap, count, 0);
+                        store_heap_sift_down(q->order, heap, count, 0);
                 }
         }
-        /* Heap sort in place: repeatedly move the largest to the end. */
+        /* Heap sort in place: repeatedly move the last in order to the end. */
         for (size_t n = count; n > 1; n--) {
                 struct list_item t = heap[0];
 
                 heap[0] = heap[n - 1];
                 heap[n - 1] = t;
-                store_heap_sift_down(heap, n - 1, 0);
+                store_heap_sift_down(q->order, heap, n - 1, 0);
         }
-        skip = (size_t)q->page * q->limit;
+        if (skip >= count)
+                goto done;
+        if (q->miss) {
+                ids = xmalloc((count - skip) * sizeof(*ids));
+                omit = xcalloc(count - skip, sizeof(*omit));
+                for (size_t i = skip; i < count; i++)
+                        ids[i - skip] = store.sessions[heap[i].num].id;
+                q->miss(ids, count - skip, omit);
+        }
         for (size_t i = skip; i < count; i++) {
                 const struct session *s = &store.sessions[heap[i].num];
                 struct view v;
 
-                store_view(s, now, &v);
-                if (i > skip)
+                if (omit && omit[i - skip])
+                        continue;
+                store_view(s, at, &v);
+                if (!first)
                         sbuf_putc(out, ',');
+                first = false;
                 store_render(s, &v, render, out);
         }
 done:
         pthread_rwlock_unlock(&store.lock);
         free(heap);
+        free(ids);
+        free(omit);
         sbuf_puts(out, "]}");
         return 0;
 }
@@ -1184,7 +1278,7 @@ int store_execute(const char *runbook_id, const char *slug, json_object *param_v
         s = store_append(id);
         s->gen = store.next_gen - 1;
         s->start = now;
-        s->runbook = (uint32_t)rb;
+        store_attach(s, (uint32_t)rb);
         if (param_values) {
                 s->meta = xcalloc(1, sizeof(*s->meta));
                 s->meta->is_private = -1;

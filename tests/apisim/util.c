@@ -372,6 +372,18 @@ double rng_unit(uint64_t *state)
         return (double)(rng_next(state) >> 11) * 0x1.0p-53;
 }
 
+/* FNV-1a, then mixed, so that every bit of the result depends on every byte. */
+uint64_t util_hash_string(const char *s)
+{
+        uint64_t h = 0xcbf29ce484222325ULL;
+
+        for (; *s; s++) {
+                h ^= (unsigned char)*s;
+                h *= 0x100000001b3ULL;
+        }
+        return rng_mix(h);
+}
+
 int util_write_file_atomic(const char *path, const char *data, size_t len)
 {
         char tmp[PATH_MAX];

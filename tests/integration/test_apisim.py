@@ -73,6 +73,20 @@ class ApiSimCase(unittest.TestCase):
         self.assertEqual(response.status, 200, response.text)
         return [s["id"] for s in response.json()["sessions"]]
 
+    def list_sessions(self, sim, **params):
+        response = self.list(sim, **params)
+        self.assertEqual(response.status, 200, response.text)
+        return response.json()["sessions"]
+
+    def paged_ids(self, sim, limit, **params):
+        """Every page of a list, until the first short one: a list of pages."""
+        pages = []
+        while True:
+            ids = self.list_ids(sim, limit=limit, page=len(pages), **params)
+            pages.append(ids)
+            if len(ids) < limit:
+                return pages
+
     def assert_json_error(self, response, status):
         self.assertEqual(response.status, status, response.text)
         self.assertTrue(response.headers["Content-Type"].startswith("application/json"))
@@ -549,7 +563,8 @@ class FaultTest(ApiSimCase):
         sim.clear_faults()
 
         for bad in ({"kind": "teapot"}, {"kind": "500", "count": 0}, {"kind": "500", "probability": 2},
-                    {"kind": "500", "endpoint": "everything"}, {"kind": "500", "bogus": 1}, {}):
+                    {"kind": "500", "endpoint": "everything"}, {"kind": "500", "bogus": 1}, {},
+                    {"kind": "list-miss", "endpoint": "get"}, {"kind": "list-miss", "endpoint": "any"}):
             with self.subTest(rule=bad), self.assertRaises(swtest.ApiSimError) as ctx:
                 sim.admin("POST", "/_sim/faults", bad)
             self.assertEqual(ctx.exception.status, 400)
@@ -589,6 +604,7 @@ class CountersTest(ApiSimCase):
         sim.reset_counters()
         counters = sim.counters()
         self.assertEqual(counters["sessions"], {})
+        self.assertEqual(counters["lists"], {})
         self.assertTrue(all(v == 0 for v in counters["requests"].values()))
         self.assertTrue(all(v == 0 for v in counters["faults"].values()))
 
@@ -628,6 +644,10 @@ class CommandLineTest(ApiSimCase):
             (["--prefix", "v0"], "--prefix"),
             (["--no-such-option"], "--no-such-option"),
             (["--port"], "--port"),
+            (["--list-order", "random"], "--list-order"),
+            (["--list-lag", "-1"], "--list-lag"),
+            (["--list-lag", "86400001"], "--list-lag"),
+            (["--stagger", "soon"], "--stagger"),
         ]
         for args, needle in cases:
             with self.subTest(args=args):
@@ -682,6 +702,319 @@ class AdminTest(ApiSimCase):
             self.assertTrue(json.loads(ctx.exception.response.body)["error"])
         self.assertEqual([s["id"] for s in sim.sessions()["sessions"]], ["ses_ok"])
         self.assertEqual(sim.health()["sessions"], 1)
+
+
+class ListOrderTest(ApiSimCase):
+    """--list-order and listOrder in /_sim/config."""
+
+    def scenario(self):
+        # IDs in an order unrelated to their updatedAt; ties on updatedAt
+        # (ses_o07/ses_o13/ses_o02 at -40) are broken by id.
+        offsets = [-50, -10, -40, -70, -20, -60, -30, -40, -80, -5, -90, -15, -45, -40, -25, -35, -55, -65,
+                   -75, -85, -95, -12, -18, -22, -28, -33, -38, -42, -48, -52]
+        sessions = [session(f"ses_o{i:02d}", [[t - 1, "Pending"], [t, "Active"]],
+                            runbook="rbkTestA" if i % 3 else "rbkTestB")
+                    for i, t in enumerate(offsets)]
+        return {"sessions": sessions}
+
+    def expected(self, entries, order):
+        by_updated = sorted(entries, key=lambda s: (parse_airplane_time(s["updatedAt"]), s["id"]))
+        if order == "updated-asc":
+            return [s["id"] for s in by_updated]
+        if order == "updated-desc":
+            return [s["id"] for s in reversed(by_updated)]
+        return sorted(s["id"] for s in entries)
+
+    def assert_pages_partition(self, sim, full, **params):
+        for limit in (1, 4, 7, 50):
+            with self.subTest(limit=limit, **params):
+                pages = self.paged_ids(sim, limit, **params)
+                self.assertTrue(all(len(p) == limit for p in pages[:-1]), pages)
+                self.assertLess(len(pages[-1]), limit)
+                self.assertEqual([i for p in pages for i in p], full)
+
+    def test_each_order_and_pages_partition_it(self):
+        sim = self.start_sim(scenario=self.scenario(), extra_args=["--list-order", "updated-desc"])
+        self.assertEqual(sim.admin("GET", "/_sim/config"), {"listOrder": "updated-desc", "listLagMs": 0})
+        entries = self.list_sessions(sim)
+        self.assertEqual(len(entries), 30)
+        for order in ("updated-desc", "updated-asc", "id"):
+            with self.subTest(order=order):
+                self.assertEqual(sim.admin("POST", "/_sim/config", {"listOrder": order})["listOrder"], order)
+                full = self.list_ids(sim)
+                self.assertEqual(full, self.expected(entries, order))
+                self.assert_pages_partition(sim, full)
+                only_a = [s for s in entries if s["runbookID"] == "rbkTestA"]
+                self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.expected(only_a, order))
+                self.assert_pages_partition(sim, self.expected(only_a, order), runbookID="rbkTestA")
+        # The tie at -40 s: ascending by id in updated-asc, descending in updated-desc.
+        sim.admin("POST", "/_sim/config", {"listOrder": "updated-asc"})
+        full = self.list_ids(sim)
+        self.assertLess(full.index("ses_o02"), full.index("ses_o07"))
+        self.assertLess(full.index("ses_o07"), full.index("ses_o13"))
+        sim.admin("POST", "/_sim/config", {"listOrder": "updated-desc"})
+        full = self.list_ids(sim)
+        self.assertLess(full.index("ses_o13"), full.index("ses_o07"))
+        self.assertLess(full.index("ses_o07"), full.index("ses_o02"))
+
+    def test_shuffled_is_stable_and_unrelated_to_updated_at_and_id(self):
+        sim = self.start_sim(scenario=self.scenario(), extra_args=["--list-order", "shuffled"])
+        entries = self.list_sessions(sim)
+        first = [s["id"] for s in entries]
+        self.assertEqual(sorted(first), sorted(f"ses_o{i:02d}" for i in range(30)))
+        self.assertEqual(self.list_ids(sim), first)  # the same request, the same answer
+        self.assertNotEqual(first, self.expected(entries, "id"))
+        self.assertNotEqual(first, self.expected(entries, "updated-asc"))
+        self.assertNotEqual(first, self.expected(entries, "updated-desc"))
+        self.assert_pages_partition(sim, first)
+        self.assertEqual(self.list_ids(sim, limit=5, page=2), self.list_ids(sim, limit=5, page=2))
+        only_b = self.list_ids(sim, runbookID="rbkTestB")
+        self.assertEqual(only_b, [i for i in first if int(i[-2:]) % 3 == 0])
+        # A change of updatedAt moves nothing in the shuffled order.
+        sim.set_status(first[-1], "Failed")
+        sim.set_status(first[0], "Succeeded")
+        self.assertEqual(self.list_ids(sim), first)
+        # Another seed shuffles differently.
+        other = swtest.ApiSim(self.tmp, name="apisim2", scenario=self.scenario(), seed=2,
+                              extra_args=["--list-order", "shuffled"])
+        other.register(self)
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertNotEqual(self.list_ids(other), first)
+        self.assertEqual(sorted(self.list_ids(other)), sorted(first))
+
+    def test_generated_sessions_in_every_order(self):
+        sim = self.start_sim(sessions=300, runbooks=3, seed=5, step_min=100, step_max=200)
+        for order in ("updated-asc", "updated-desc", "id", "shuffled"):
+            with self.subTest(order=order):
+                sim.admin("POST", "/_sim/config", {"listOrder": order})
+                pages = self.paged_ids(sim, 50)
+                ids = [i for p in pages for i in p]
+                self.assertEqual(len(ids), 300)
+                self.assertEqual(len(set(ids)), 300)
+                if order == "id":
+                    self.assertEqual(ids, sorted(ids))
+
+
+class ConfigTest(ApiSimCase):
+    def test_get_and_set_config_and_its_errors(self):
+        sim = self.start_sim(sessions=2, extra_args=["--list-lag", "1500"])
+        self.assertEqual(sim.admin("GET", "/_sim/config"), {"listOrder": "updated-asc", "listLagMs": 1500})
+        self.assertEqual(sim.admin("POST", "/_sim/config", {"listLagMs": 250}),
+                         {"listOrder": "updated-asc", "listLagMs": 250})
+        self.assertEqual(sim.admin("POST", "/_sim/config", {"listOrder": "id", "listLagMs": 0}),
+                         {"listOrder": "id", "listLagMs": 0})
+        self.assertEqual(sim.admin("POST", "/_sim/config", {}), {"listOrder": "id", "listLagMs": 0})
+        self.assertEqual(sim.admin("GET", "/_sim/config"), {"listOrder": "id", "listLagMs": 0})
+        cases = [
+            ({"listOrder": "random"}, "listOrder"),
+            ({"listOrder": 2}, "listOrder"),
+            ({"listLagMs": -1}, "listLagMs"),
+            ({"listLagMs": "5"}, "listLagMs"),
+            ({"listLagMs": 1.5}, "listLagMs"),
+            ({"listLagMs": 86400001}, "listLagMs"),
+            ({"listLagMs": None}, "listLagMs"),
+            ({"color": "red"}, "color"),
+            # Nothing is applied when one key is bad.
+            ({"listOrder": "updated-desc", "listLagMs": True}, "listLagMs"),
+            ([1, 2], "object"),
+            (b"{not json", "JSON"),
+        ]
+        for body, needle in cases:
+            with self.subTest(body=body), self.assertRaises(swtest.ApiSimError) as ctx:
+                sim.admin("POST", "/_sim/config", body)
+            self.assertEqual(ctx.exception.status, 400)
+            self.assertIn(needle, json.loads(ctx.exception.response.body)["error"])
+        self.assertEqual(sim.admin("GET", "/_sim/config"), {"listOrder": "id", "listLagMs": 0})
+        with self.assertRaises(swtest.ApiSimError) as ctx:
+            sim.admin("DELETE", "/_sim/config")
+        self.assertEqual(ctx.exception.status, 405)
+
+
+class ListLagTest(ApiSimCase):
+    LAG = 4.0  # seconds: far longer than the few requests made before it could pass
+
+    def test_a_status_change_reaches_the_list_lag_late(self):
+        sim = self.start_sim(scenario={"sessions": [session("ses_l1", [[-20, "Pending"], [-10, "Active"]]),
+                                                    session("ses_l2", [[-30, "Active"]])]})
+        old = self.list_sessions(sim)
+        self.assertEqual([s["status"] for s in old], ["Active", "Active"])
+        old_l1 = next(s for s in old if s["id"] == "ses_l1")
+        sim.admin("POST", "/_sim/config", {"listLagMs": int(self.LAG * 1000)})
+
+        changed_at = time.monotonic()
+        sim.set_status("ses_l1", "Failed")
+        now = self.get(sim, "ses_l1").json()
+        listed = {s["id"]: s for s in self.list_sessions(sim)}
+        newer = self.list_ids(sim, updatedAfter=rfc3339(parse_airplane_time(old_l1["updatedAt"])))
+        checked_at = time.monotonic()
+        self.assertLess(checked_at - changed_at, self.LAG, "too slow to see the list before the lag passed")
+        # get is current; the list still shows the session as it was.
+        self.assertEqual(now["status"], "Failed")
+        self.assertEqual(listed["ses_l1"]["status"], "Active")
+        self.assertEqual(listed["ses_l1"]["updatedAt"], old_l1["updatedAt"])
+        self.assertEqual(listed["ses_l1"]["updatedBy"], old_l1["updatedBy"])
+        self.assertEqual(list(listed), ["ses_l2", "ses_l1"])
+        self.assertEqual(newer, [])  # the filter sees the old updatedAt too
+
+        def list_status():
+            return {s["id"]: s for s in self.list_sessions(sim)}["ses_l1"]["status"] == "Failed"
+
+        swtest.wait_until(list_status, timeout=self.LAG + 10, interval=0.05)
+        self.assertGreaterEqual(time.time() + 0.01, parse_airplane_time(now["updatedAt"]) + self.LAG)
+        listed = self.list_sessions(sim)
+        self.assertEqual([s["id"] for s in listed], ["ses_l2", "ses_l1"])
+        self.assertEqual(listed[1]["updatedAt"], now["updatedAt"])
+        self.assertEqual(self.list_ids(sim, updatedAfter=rfc3339(parse_airplane_time(old_l1["updatedAt"]))),
+                         ["ses_l1"])
+
+        # Back to no lag: the next change is listed at once.
+        sim.admin("POST", "/_sim/config", {"listLagMs": 0})
+        sim.set_status("ses_l2", "Cancelled")
+        self.assertEqual(self.list_sessions(sim)[-1]["status"], "Cancelled")
+
+    def test_a_new_session_is_listed_lag_late(self):
+        sim = self.start_sim(extra_args=["--list-lag", str(int(self.LAG * 1000))])
+        added_at = time.monotonic()
+        sim.add_sessions([session("ses_new", [[0, "Pending"]])])
+        self.assertEqual(self.get(sim, "ses_new").status, 200)
+        listed = self.list_ids(sim)
+        self.assertLess(time.monotonic() - added_at, self.LAG, "too slow to see the list before the lag passed")
+        self.assertEqual(listed, [])
+        swtest.wait_until(lambda: self.list_ids(sim) == ["ses_new"], timeout=self.LAG + 10, interval=0.05)
+
+
+class ListMissTest(ApiSimCase):
+    def setUp(self):
+        self.sim = self.start_sim(scenario={"sessions": [
+            session(f"ses_m{i}", [[-50 + i, "Active"]]) for i in range(5)] + [
+            session("ses_other", [[-1, "Active"]], runbook="rbkTestB")]})
+        self.all_a = [f"ses_m{i}" for i in range(5)]
+
+    def test_a_named_session_misses_from_exactly_one_answer(self):
+        sim = self.sim
+        sim.fault("list-miss", session="ses_m2")
+        # Answers without the session leave the rule alone, and get is not affected.
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestB"), ["ses_other"])
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA", limit=2), ["ses_m0", "ses_m1"])
+        self.assertEqual(self.get(sim, "ses_m2").status, 200)
+        self.assertEqual(len(sim.faults()["faults"]), 1)
+        self.assertEqual(sim.counters()["faults"]["list-miss"], 0)
+        # The page that holds it comes one short; the next answer has it again.
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA", limit=2, page=1), ["ses_m3"])
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA", limit=2, page=1), ["ses_m2", "ses_m3"])
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a)
+        self.assertEqual(sim.faults()["faults"], [])
+        self.assertEqual(sim.counters()["faults"]["list-miss"], 1)
+
+    def test_count_probability_and_random_entries(self):
+        sim = self.sim
+        sim.fault("list-miss", session="ses_m4", count=2)
+        expected = [i for i in self.all_a if i != "ses_m4"]
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), expected)
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), expected)
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a)
+
+        sim.fault("list-miss", session="ses_m0", probability=1.0)
+        for _ in range(3):
+            self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a[1:])
+        sim.clear_faults()
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a)
+
+        # Without a session: one entry of each matching answer, chosen at random.
+        sim.fault("list-miss", count=20)
+        missing = set()
+        for _ in range(20):
+            ids = self.list_ids(sim, runbookID="rbkTestA")
+            self.assertEqual(len(ids), 4)
+            self.assertEqual(ids, [i for i in self.all_a if i in ids])  # order kept
+            missing |= set(self.all_a) - set(ids)
+        self.assertGreater(len(missing), 1)
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a)
+        self.assertEqual(sim.counters()["faults"]["list-miss"], 2 + 3 + 20)
+
+        # An answer that another fault replaces is not one the rule changed.
+        sim.fault("500", endpoint="list")
+        sim.fault("list-miss", session="ses_m1")
+        self.assertEqual(self.list(sim).status, 500)
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), ["ses_m0", "ses_m2", "ses_m3", "ses_m4"])
+        self.assertEqual(self.list_ids(sim, runbookID="rbkTestA"), self.all_a)
+
+
+class StaggerTest(ApiSimCase):
+    def created(self, sim, n):
+        pages = []
+        while True:
+            batch = self.list_sessions(sim, limit=50, page=len(pages))
+            pages.append(batch)
+            if len(batch) < 50:
+                break
+        entries = [s for p in pages for s in p]
+        self.assertEqual(len(entries), n)
+        return {s["id"]: parse_airplane_time(s["createdAt"]) for s in entries}, entries
+
+    def test_stagger_spreads_the_starts_over_the_past(self):
+        before = time.time()
+        sim = self.start_sim(sessions=400, seed=9, step_min=10, step_max=60, extra_args=["--stagger", "100"])
+        after = time.time()
+        created, entries = self.created(sim, 400)
+        offsets = sorted(after - t for t in created.values())
+        self.assertGreaterEqual(offsets[0], -0.01)
+        self.assertLessEqual(offsets[-1], 100 + (after - before) + 0.01)
+        # Roughly uniform: every quarter of the window holds about a quarter of the starts.
+        quarters = [0] * 4
+        for o in offsets:
+            quarters[min(3, int(o // 25))] += 1
+        self.assertTrue(all(q >= 60 for q in quarters), quarters)
+        # Sessions are at every stage of their lifecycle, not all Pending at once.
+        self.assertGreaterEqual(len({s["status"] for s in entries}), 4, {s["status"] for s in entries})
+        history = sim.history()
+        for session_id, t in created.items():
+            self.assertAlmostEqual(history[session_id][0][0], t, places=5)
+
+        # The same seed gives the same spread; without --stagger every session starts at once.
+        same = swtest.ApiSim(self.tmp, name="apisim2", sessions=400, seed=9, step_min=10, step_max=60,
+                             extra_args=["--stagger", "100"])
+        same.register(self)
+        same.start()
+        self.addCleanup(same.stop)
+        created2, _ = self.created(same, 400)
+        self.assertEqual(set(created2), set(created))
+        first = min(created, key=created.get)
+        for session_id in created:
+            self.assertAlmostEqual(created2[session_id] - created2[first], created[session_id] - created[first],
+                                   places=4)
+        flat = swtest.ApiSim(self.tmp, name="apisim3", sessions=50, seed=9)
+        flat.register(self)
+        flat.start()
+        self.addCleanup(flat.stop)
+        self.assertEqual(len(set(self.created(flat, 50)[0].values())), 1)
+
+
+class ListCountersTest(ApiSimCase):
+    def test_list_requests_are_counted_per_runbook(self):
+        sim = self.start_sim(scenario={"sessions": [session("ses_k1", [[-1, "Active"]]),
+                                                    session("ses_k2", [[-1, "Active"]], runbook="rbkTestB")]})
+        self.assertEqual(sim.counters()["lists"], {})
+        for _ in range(3):
+            self.list(sim)
+        self.list(sim, runbookID="rbkTestA", limit=1)
+        self.list(sim, runbookID="rbkTestA", page=4)
+        self.list(sim, runbookID="rbkTestB")
+        self.list(sim, runbookID="rbkNoSuchRunbook")
+        self.list(sim, runbookID="")  # empty: the same as none
+        self.assert_json_error(self.list(sim, runbookID="rbkTestA", limit=99), 400)  # not a list request
+        sim.fault("503", endpoint="list")
+        self.assertEqual(self.list(sim, runbookID="rbkTestB").status, 503)  # counted, as in "requests"
+        self.get(sim, "ses_k1")
+        counters = sim.counters()
+        self.assertEqual(counters["lists"], {"*": 4, "rbkTestA": 2, "rbkTestB": 2, "rbkNoSuchRunbook": 1})
+        self.assertEqual(sum(counters["lists"].values()), counters["requests"]["list"])
+        self.assertEqual(sim.counters(session="ses_k1", times=False)["lists"], counters["lists"])
+        sim.reset_counters()
+        self.assertEqual(sim.counters()["lists"], {})
+        self.list(sim, runbookID="rbkTestB")
+        self.assertEqual(sim.counters()["lists"], {"rbkTestB": 1})
 
 
 if __name__ == "__main__":

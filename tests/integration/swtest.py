@@ -119,7 +119,11 @@ def binary_path(var):
 
 
 def have_binary(var):
-    """Return True when environment variable ``var`` names an executable."""
+    """Return True when environment variable ``var`` names an executable.
+
+    Not a reason to skip a test that needs a binary built with the project
+    (apisim, the daemon, sessionwatchctl): such a test calls
+    :func:`binary_path` and fails when it is missing."""
     path = os.environ.get(var)
     return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
 
@@ -419,6 +423,26 @@ def _pdeath_prefix(sig):
     return [_SETPRIV, "--pdeathsig", signal.Signals(sig).name[3:], "--"]
 
 
+def _still_in_setpriv(pid):
+    """Return True while process ``pid`` runs ``setpriv``: it has not exec'd
+    the next program yet, so it may not have made its
+    ``prctl(PR_SET_PDEATHSIG)`` yet either.
+
+    Only ``/proc/PID/exe`` is looked at (the command line is not: it reads
+    empty for a moment during an exec). False once it is another file, and
+    when it cannot be read: a process that is exiting or a zombie has none,
+    and one that we may not inspect has exec'd something with other
+    credentials (setpriv runs with ours). A wrapper that is setpriv again is
+    waited for too, until the last one has exec'd.
+    """
+    try:
+        exe = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    ours = os.stat(_SETPRIV)
+    return (exe.st_dev, exe.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def _match_line(predicate):
     """Turn a substring, compiled regex or callable into a line predicate."""
     if isinstance(predicate, str):
@@ -467,15 +491,41 @@ class Process:
         """The command line actually executed (prefixes included)."""
         return _pdeath_prefix(self.pdeathsig) + self.wrapper + self.argv
 
-    def start(self):
-        """Start the process and return self."""
+    def start(self, timeout=10):
+        """Start the process and return self.
+
+        With a ``pdeathsig``, start() returns only once the death signal is
+        in force, so a test killed right after it leaves nothing behind.
+        Popen returns once ``setpriv`` has been exec'd; setpriv makes its
+        prctl and then execs ``wrapper + argv``, so start() waits (up to
+        ``timeout`` seconds, scaled) until the process is no longer
+        setpriv (or has exited). If it still is at the deadline, the process
+        is killed and AssertionError is raised.
+        """
         if self.popen is not None:
             raise RuntimeError(f"{self.name}: already started")
+        argv = self.full_argv()
         # The child holds its own copies of these descriptors; ours are closed
         # at once so nothing leaks when a test forgets to clean up.
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(self.full_argv(), stdin=self.stdin, stdout=out, stderr=err,
+            self.popen = subprocess.Popen(argv, stdin=self.stdin, stdout=out, stderr=err,
                                           env=self.env, cwd=self.cwd, close_fds=True)
+        if not _pdeath_prefix(self.pdeathsig):
+            return self
+        pid = self.popen.pid
+
+        def death_signal_set():
+            # An exited process is reaped here; its return code is kept.
+            return self.poll() is not None or not _still_in_setpriv(pid)
+
+        try:
+            wait_until(death_signal_set, timeout=timeout, interval=0.001,
+                       message=lambda: f"{self.name} (pid {pid}) is still setpriv: it did not exec "
+                                       f"{(self.wrapper + self.argv)[0]}, so its parent-death signal "
+                                       f"is not known to be set\n{self.describe()}")
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     @property

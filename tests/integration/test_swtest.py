@@ -378,6 +378,41 @@ class ProcessTest(unittest.TestCase):
         parent.kill()
         swtest.wait_until(lambda: not _alive(child), timeout=5, message="the child outlived its parent")
 
+    def test_start_returns_once_the_death_signal_is_set(self):
+        """setpriv makes its prctl before it execs the program: once start()
+        returns, the process is the program and no longer setpriv."""
+        setpriv = os.stat(shutil.which("setpriv"))
+        wrappers = [(), ("setpriv", "--pdeathsig", "TERM", "--")]  # setpriv again: its exec counts
+        still = []
+        for n in range(100):
+            p = swtest.Process(["sleep", "300"], self.tmp.root, name="sleep",
+                               wrapper=wrappers[n % 2]).register(self).start()
+            exe = os.stat(f"/proc/{p.pid}/exe")
+            if (exe.st_dev, exe.st_ino) == (setpriv.st_dev, setpriv.st_ino):
+                still.append(n)
+            p.kill()
+        self.assertEqual(still, [], "start() returned while the process was still setpriv")
+
+    def test_start_of_a_process_that_exits_at_once(self):
+        # Gone (or a zombie) before start() looks at it: no wait, no error.
+        for _ in range(20):
+            self.assertEqual(self.process("exit 5").start().wait(timeout=5), 5)
+        missing = swtest.Process([self.tmp.path("no-such-program")], self.tmp.root,
+                                 name="missing").register(self).start()
+        self.assertNotEqual(missing.wait(timeout=5), 0)
+        self.assertIn("no-such-program", missing.stderr_text())
+
+    def test_start_gives_up_on_a_setpriv_that_does_not_exec(self):
+        p = self.process("exec sleep 300")
+        with mock.patch.object(swtest, "_still_in_setpriv", return_value=True):
+            start = time.monotonic()
+            with self.assertRaisesRegex(AssertionError, "(?s)still setpriv.*parent-death signal "
+                                                        "is not known to be set"):
+                p.start(timeout=0.3)
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertFalse(p.running)
+        self.assertEqual(p.returncode, -signal.SIGKILL)
+
 
 def _alive(pid):
     """True if ``pid`` exists and is not a zombie."""
@@ -451,8 +486,20 @@ class DaemonWrapperTest(unittest.TestCase):
                 swtest.Daemon(self.tmp, {})
 
 
-@unittest.skipUnless(swtest.have_binary("SW_APISIM"), "apisim is not built ($SW_APISIM)")
 class ApiSimWrapperTest(unittest.TestCase):
+    # apisim is built with the project: a missing binary fails the test (the
+    # constructor says so), it is not a reason to skip it.
+    def test_missing_binary_is_a_clear_failure(self):
+        tmp = swtest.temp_dirs(self)
+        for value in (tmp.path("nothing-here"), None):
+            with self.subTest(SW_APISIM=value), mock.patch.dict(os.environ, {"SW_APISIM": ""}):
+                if value is None:
+                    del os.environ["SW_APISIM"]
+                else:
+                    os.environ["SW_APISIM"] = value
+                with self.assertRaisesRegex(AssertionError, "SW_APISIM.* is not (set|an executable)"):
+                    swtest.ApiSim(tmp)
+
     def test_start_admin_and_stop(self):
         tmp = swtest.temp_dirs(self)
         with swtest.ApiSim(tmp) as sim:

@@ -6,6 +6,7 @@ SIGUSR2 hook) stops the pings, and STOPPING=1 on SIGTERM.
 """
 
 import os
+import select
 import signal
 import statistics
 import time
@@ -94,19 +95,44 @@ class NotifyTest(unittest.TestCase):
         self.addCleanup(d.stop)
 
         def polls():
-            c = self.sim.counters(session="ses_sd1", times=False)["sessions"]
-            return c.get("ses_sd1", {}).get("count", 0)
+            # GETs and list sweeps alike: with three sessions of one runbook
+            # the daemon covers them by sweeps ([poll] mode = auto).
+            requests = self.sim.counters(times=False)["requests"]
+            return requests.get("get", 0) + requests.get("list", 0)
+
+        # A socket connected to the deaf one is writable only while its
+        # queue has room: the kernel's own view, and nothing is sent.
+        probe = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+        self.addCleanup(probe.close)
+        probe.connect(path)
+
+        def queue_full():
+            return not select.select([], [probe], [], 0)[1]
 
         swtest.wait_until(lambda: polls() > 0)
-        time.sleep(1)  # 100 watchdog pings due: the queue is long full
+        # Pings every 10 ms: the daemon soon fills the queue, and every
+        # send after that finds no room.
+        swtest.wait_until(queue_full, message="the daemon's datagrams did not fill the queue nobody reads")
         before = polls()
         swtest.wait_until(lambda: polls() > before + 5)
+        self.assertTrue(queue_full())  # full all along, as nobody read
         swtest.assert_exit(d.stop(timeout=10), 0, d)
 
     def test_watchdog_other_pid(self):
         d = self.start_daemon(env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
         self.notify.wait_for("READY", "1")
-        time.sleep(1)
+        # A change after READY=1 shows in a STATUS= refresh, which the 1 s
+        # timer sends a second or more after READY=1: ten watchdog
+        # intervals, and a ping sent in them (or along with READY=1) would
+        # have reached the socket before that refresh.
+        self.sim.set_status("ses_sd2", "Failed")
+
+        def refreshed():
+            return [m for m in self.notify.snapshot()
+                    if "READY" not in m and "1 failed in the last hour" in m.get("STATUS", "")]
+
+        swtest.wait_until(refreshed, timeout=15, message=lambda: f"no STATUS= refresh with the failure; "
+                                                                 f"got {self.notify.snapshot()!r}")
         self.assertEqual(self.notify.with_key("WATCHDOG"), [])
         d.stop()
 
@@ -188,13 +214,18 @@ class ReloadTest(unittest.TestCase):
         self.assertRegex(ready["STATUS"], r"^2 watched: ")
         self.assertIn("Reloaded", d.stderr_text())
 
-        # C is polled, B no more; the new interval shows in A's poll count.
+        # C is polled, B no more; the new interval shows in A's poll count:
+        # five polls within 1.5 s (the old interval is 2 s).
         swtest.wait_until(lambda: self.polls("c") > 0)
         b_after = self.polls("b")
         a_after = self.polls("a")
-        time.sleep(1.5)
+        swtest.wait_until(lambda: self.polls("a") >= a_after + 5, timeout=1.5,
+                          message=lambda: f"A polled {self.polls('a') - a_after} time(s) in 1.5 s")
+        # 25 polls of A at 100 ms (± 5 % jitter) take longer than B's old
+        # interval: B, had it stayed, would have been polled meanwhile at
+        # either interval.
+        swtest.wait_until(lambda: self.polls("a") >= a_after + 25, timeout=15)
         self.assertLessEqual(self.polls("b"), b_after + 1)  # at most one that was in flight
-        self.assertGreaterEqual(self.polls("a"), a_after + 5)
 
         # A change after the reload reaches stdout, the stream client that
         # was connected before, and the webhook added by the reload; no
@@ -280,16 +311,27 @@ class ReloadTest(unittest.TestCase):
         self.assertIn("Reload failed", ready["STATUS"])
         self.assertIn(where, ready["STATUS"])
         swtest.wait_until(lambda: where in d.stderr_text())
-        # Still polling with the old config, and the failure stays shown.
+        # Still polling with the old config, and the failure stays shown
+        # through the STATUS= refreshes (a 1 s timer): 13 polls at 100 ms
+        # (± 5 % jitter) take more than a second, so one refresh came.
         count = self.polls("a")
         swtest.wait_until(lambda: self.polls("a") > count + 3)
-        time.sleep(1.2)
-        self.assertIn("Reload failed", self.notify.with_key("STATUS")[-1]["STATUS"])
+        swtest.wait_until(lambda: self.polls("a") >= count + 13, timeout=15)
 
         # sessionwatchctl reload says the same, with exit 1.
         done = d.ctl("reload")
         self.assertEqual(done.returncode, 1, done)
         self.assertIn(where, done.stderr + done.stdout)
+        # Its RELOADING=1 came after that refresh on the socket: every
+        # STATUS= from the failed reload's READY=1 up to it keeps the failure.
+        reloading = self.notify.wait_for("RELOADING", "1", count=2)[-1]
+        messages = self.notify.snapshot()
+        first = next(k for k, m in enumerate(messages) if m is ready)
+        last = next(k for k, m in enumerate(messages) if m is reloading)
+        shown = [m["STATUS"] for m in messages[first:last + 1] if "STATUS" in m]
+        self.assertGreaterEqual(len(shown), 2, shown)  # those of READY=1 and RELOADING=1 at least
+        for status in shown:
+            self.assertIn("Reload failed", status)
 
         with open(d.config_path, "w") as f:
             f.write(good)

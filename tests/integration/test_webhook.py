@@ -86,7 +86,7 @@ class WebhookTest(unittest.TestCase):
         section.update(keys)
         return section
 
-    def make_daemon(self, sim, ids, webhooks, name="sessionwatchd", api=None, env=None):
+    def make_daemon(self, sim, ids, webhooks, name="sessionwatchd", api=None, env=None, extra=None):
         config = {
             "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off", "app-url": APP_URL,
                     **(api or {})},
@@ -94,6 +94,7 @@ class WebhookTest(unittest.TestCase):
             "watch": {"session": list(ids)},
             "journal": {"enable": False},
             "state": {"path": self.tmp.state},
+            **(extra or {}),
         }
         for label, section in webhooks.items():
             config[("webhook", label)] = section
@@ -234,20 +235,38 @@ class WebhookTest(unittest.TestCase):
         # SIGKILL after the event went to stdout and before the outbox write
         # must make the next run emit the event again, for the webhook.
         ids = self.sessions("seskill", 1)
-        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        # Unwatched during the second run, to see its state writes through.
+        spare = f"sesspare{uuid.uuid4().hex[:6]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids + [spare]])
         rx = self.receiver(start=False, port=swtest.free_port())
         hooks = {"main": self.webhook(rx.url)}
         outbox = os.path.join(self.tmp.state, "outbox-main")
-        first = self.make_daemon(sim, ids, hooks, name="sessionwatchd-1").start()
-        active = first.wait_for_events(count=1, timeout=20)[0]
-        swtest.wait_until(lambda: active["id"] in outbox_pending(outbox), timeout=10)
+        state = os.path.join(self.tmp.state, "state")
+        first = self.make_daemon(sim, ids + [spare], hooks, name="sessionwatchd-1").start()
+        firsts = first.wait_for_events(count=2, timeout=20)
+        active = next(e for e in firsts if e["subject"] == ids[0])
+        swtest.wait_until(lambda: {e["id"] for e in firsts} <= set(outbox_pending(outbox)), timeout=10)
         self.stop(first)
 
-        slow = self.make_daemon(sim, ids, hooks, name="sessionwatchd-2",
-                                env={"SW_TEST_HOOKS": "1", "SW_TEST_OUTBOX_WRITE_DELAY_MS": "5000"}).start()
+        def state_text():
+            with open(state, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+
+        slow = self.make_daemon(sim, ids + [spare], hooks, name="sessionwatchd-2",
+                                env={"SW_TEST_HOOKS": "1", "SW_TEST_OUTBOX_WRITE_DELAY_MS": "5000"},
+                                extra={"control": {"path": "@RUN@/control.sock"}}).start()
+        slow.wait_control()
         failed = self.change(slow, sim, ids[0], "Failed", timeout=20)
-        # Long enough for a state write that did not wait to reach the file.
-        time.sleep(1)
+        # An unwatch is written to the state file at once, never held for
+        # the outboxes, after whatever was queued before it: once its record
+        # is in the file, so would be a state write for the Failed event
+        # that did not wait for the outbox.
+        reply = slow.request({"command": "unwatch", "ids": [spare]})
+        self.assertEqual(reply.get("removed"), [spare], reply)
+        swtest.wait_until(lambda: f" U {spare}\n" in state_text(), timeout=10,
+                          message="the unwatch did not reach the state file")
+        self.assertNotIn(f" S {ids[0]} Failed ", state_text(),
+                         "the state file recorded the transition before the outbox had its event")
         self.assertNotIn(failed["id"], outbox_pending(outbox))
         slow.kill()
 
@@ -266,7 +285,12 @@ class WebhookTest(unittest.TestCase):
         daemon = self.make_daemon(sim, ids, {"big": self.webhook(rx.url)}).start()
         event = daemon.wait_for_events(count=1, timeout=20)[0]
         self.wait_delivered(rx, [event["id"]])
-        time.sleep(1)  # a retry would come within retry-max (200 ms)
+        # The done record: the daemon took the answer for a delivery and will
+        # not try again (the receiver records a request before answering, so
+        # a retry would be in its list by then).
+        outbox = os.path.join(self.tmp.state, "outbox-big")
+        swtest.wait_until(lambda: outbox_pending(outbox) == [], timeout=10,
+                          message=lambda: f"still pending: {outbox_pending(outbox)}")
         self.assertEqual([r.id for r in rx.snapshot()], [event["id"]])
         self.stop(daemon)
         self.assertIn("Webhook 'big': 1 attempt(s), 1 delivered, 0 dropped", daemon.stderr_text())

@@ -112,8 +112,8 @@ static bool is_covered(Daemon *d, SessionIndex i, const Session *rec)
 {
         uint32_t rb;
 
-        if (!mode_covers(d) || !d->disc || !(rec->flags & SESSION_SEEN) ||
-            (rec->flags & (SESSION_GONE | SESSION_REMOVED)))
+        /* Finished sessions are looked at no more: not covered either. */
+        if (!mode_covers(d) || !d->disc || count_class(rec) == 0)
                 return false;
         if (scope_covers(d, d->all_scope))
                 return true;

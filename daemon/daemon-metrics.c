@@ -208,13 +208,16 @@ static void write_coverage(Daemon *d, MetricsText *m)
         for (int k = 0; k < _PURPOSE_MAX; k++)
                 metrics_text_labelled(m, "sessionwatch_api_requests_total", "purpose", purposes[k],
                                       (double)d->requests_by_purpose[k]);
+        size_t polled = scheduler_queued(&d->sched, SCHEDULER_POLL), total = sessions_count(d->table);
+
         metrics_text_family(m, "sessionwatch_sessions_by_coverage", "gauge",
-                            "Watched sessions by how they are looked at: covered by a sweep, or polled "
-                            "one by one.");
+                            "Watched sessions by how they are looked at: running and covered by a sweep, "
+                            "polled one by one, or neither (finished, gone, in flight).");
         metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "covered",
                               (double)d->n_covered);
-        metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "polled",
-                              (double)(sessions_count(d->table) - d->n_covered));
+        metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "polled", (double)polled);
+        metrics_text_labelled(m, "sessionwatch_sessions_by_coverage", "coverage", "other",
+                              total > d->n_covered + polled ? (double)(total - d->n_covered - polled) : 0);
         metrics_text_single(m, "sessionwatch_sweep_scopes", "gauge",
                             "Discovery and coverage scopes being swept.", ({
                                     size_t n = 0;

@@ -2068,8 +2068,8 @@ static json_object *cmd_status(void *userdata, json_object *req)
                 json_object_object_add(cov, "mode",
                                        json_object_new_string(config_poll_mode_to_string(d->config->poll.mode)));
                 json_object_object_add(cov, "covered", json_object_new_int64((int64_t)d->n_covered));
-                json_object_object_add(cov, "polled",
-                                       json_object_new_int64((int64_t)(sessions_count(d->table) - d->n_covered)));
+                json_object_object_add(
+                    cov, "polled", json_object_new_int64((int64_t)scheduler_queued(&d->sched, SCHEDULER_POLL)));
                 json_object_object_add(cov, "sweptScopes", json_object_new_int64((int64_t)swept));
                 for (int k = 0; k < _PURPOSE_MAX; k++)
                         json_object_object_add(by_purpose, purposes[k],

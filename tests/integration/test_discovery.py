@@ -29,6 +29,9 @@ def new_id(prefix):
 
 
 class DiscoveryTest(unittest.TestCase):
+    # The list order apisim serves; the subclasses below run every test
+    # under each of the others too: the daemon assumes no order.
+    LIST_ORDER = "updated-asc"
     def setUp(self):
         self.tmp = swtest.temp_dirs(self)
         self.daemons = []
@@ -44,8 +47,8 @@ class DiscoveryTest(unittest.TestCase):
     # -- helpers ---------------------------------------------------------------
 
     def start_sim(self, sessions=(), name="apisim"):
-        return swtest.ApiSim(self.tmp, scenario={"sessions": list(sessions)}, key=KEY,
-                             name=name).register(self).start()
+        return swtest.ApiSim(self.tmp, scenario={"sessions": list(sessions)}, key=KEY, name=name,
+                             extra_args=["--list-order", self.LIST_ORDER]).register(self).start()
 
     def start_daemon(self, url, runbooks=(), watch=None, poll=None, name="sessionwatchd"):
         config = {
@@ -398,6 +401,18 @@ class WatermarkOrderTest(unittest.TestCase):
         swtest.wait_until(lambda: {e["id"] for e in events} <= set(rx.delivered_ids()), timeout=20,
                           message=lambda: f"lost: {[e['subject'] for e in events if e['id'] not in rx.delivered_ids()]}")
         swtest.assert_exit(second.stop(), 0, second)
+
+
+class DiscoveryNewestFirstTest(DiscoveryTest):
+    LIST_ORDER = "updated-desc"
+
+
+class DiscoveryIdOrderTest(DiscoveryTest):
+    LIST_ORDER = "id"
+
+
+class DiscoveryShuffledTest(DiscoveryTest):
+    LIST_ORDER = "shuffled"
 
 
 if __name__ == "__main__":

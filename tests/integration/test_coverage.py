@@ -8,7 +8,8 @@ daemon asked, and with its events what it announced:
 
 - sessions listed by id, three of one runbook, become covered and get no GET
   any more, while a session of another runbook stays on GET; a change of a
-  covered session is announced from a sweep;
+  covered session is announced from a sweep; mode = get polls them all, mode
+  = list covers even two;
 - a burst of 200 changes in one runbook within one interval: every one
   announced once, in the order they happened;
 - a change that reaches the list late (list-lag) is caught by the overlap;
@@ -155,6 +156,26 @@ class CoverageBase:
             self.wait_gets(sim, sid, 5)
         self.assertEqual(self.lists(sim, self.rbk_a), 0)
         self.assertEqual(self.coverage(daemon)["covered"], 0)
+
+    def test_mode_list_covers_what_auto_would_poll(self):
+        # Two sessions of one runbook: auto keeps them on GET (a sweep would
+        # not be cheaper), list covers them anyway.
+        ids = [new_id("seslist") for _ in range(2)]
+        sim = self.start_sim([self.session(sid, self.rbk_a, [[-5, "Active"]]) for sid in ids])
+        auto = self.start_daemon(sim.url, sessions=ids, name="sessionwatchd-auto")
+        auto.wait_for_events(count=2)
+        for sid in ids:
+            self.wait_gets(sim, sid, 5)
+        self.assertEqual(self.coverage(auto)["covered"], 0)
+        self.assertEqual(self.lists(sim, self.rbk_a), 0)
+        auto.stop()
+        daemon = self.start_daemon(sim.url, sessions=ids, poll={"mode": "list"}, state=False)
+        daemon.wait_for_events(count=2)
+        swtest.wait_until(lambda: self.coverage(daemon)["covered"] == 2, timeout=10,
+                          message=lambda: f"not covered: {self.coverage(daemon)}")
+        before = {sid: self.gets(sim, sid) for sid in ids}
+        self.wait_lists(sim, self.rbk_a, 10)
+        self.assertEqual({sid: self.gets(sim, sid) for sid in ids}, before)
 
     def test_burst_of_200_changes_announced_once_in_order(self):
         ids = [new_id("sesburst") for _ in range(200)]

@@ -798,6 +798,87 @@ static void test_set_options(void **state)
         fixture_done(&f);
 }
 
+/* Sweeps, polls and audits share one budget: with one token at a time the
+ * most weighted-late work goes (sweep x4, poll x2, audit x1), each heap stays
+ * a heap, and nothing waits for ever. */
+static void test_priorities(void **unused)
+{
+        SchedulerOptions opt = default_options;
+        SchedulerHeap heap;
+        uint64_t wake, late;
+        Fixture f;
+        uint32_t w;
+        unsigned audits = 0, polls = 0, sweeps = 0;
+
+        (void)unused;
+        opt.rate_per_sec = 0;
+        opt.max_in_flight = 100;
+        fixture_init(&f, 6, &opt, 1000);
+        assert_int_equal(scheduler_schedule(&f.sched, 0, 900), 0);       /* poll, 100 ms late */
+        assert_int_equal(scheduler_schedule_audit(&f.sched, 1, 700), 0); /* audit, 300 ms late */
+        assert_int_equal(scheduler_schedule_audit(&f.sched, 2, 850), 0); /* audit, 150 ms late */
+        assert_int_equal(scheduler_queued(&f.sched, SCHEDULER_POLL), 1);
+        assert_int_equal(scheduler_queued(&f.sched, SCHEDULER_AUDIT), 2);
+        assert_int_equal(scheduler_behind_ms(&f.sched, 1000, UINT64_MAX), 300);
+        assert_int_equal(scheduler_behind_ms(&f.sched, 1000, 500), 500);
+
+        /* A sweep 60 ms late (240) loses to the audit 300 ms late (300)... */
+        w = scheduler_next_work(&f.sched, 1000, 940, &heap, &late, &wake);
+        assert_int_equal(w, 1);
+        assert_int_equal(heap, SCHEDULER_AUDIT);
+        assert_int_equal(late, 300);
+        /* ... then goes before the poll (200) and the other audit (150). */
+        w = scheduler_next_work(&f.sched, 1000, 940, &heap, &late, &wake);
+        assert_int_equal(w, SCHEDULER_SWEEP);
+        assert_int_equal(late, 60);
+        w = scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake);
+        assert_int_equal(w, 0);
+        assert_int_equal(heap, SCHEDULER_POLL);
+        w = scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake);
+        assert_int_equal(w, 2);
+        w = scheduler_next_work(&f.sched, 1000, 2000, &heap, &late, &wake);
+        assert_int_equal(w, SESSION_INDEX_NONE);
+        assert_int_equal(wake, 2000);
+        for (int k = 0; k < 4; k++)
+                scheduler_complete(&f.sched);
+
+        /* Moving between heaps keeps both consistent. */
+        assert_int_equal(scheduler_schedule(&f.sched, 3, 5000), 0);
+        assert_int_equal(scheduler_schedule_audit(&f.sched, 3, 6000), 0);
+        assert_int_equal(scheduler_queued(&f.sched, SCHEDULER_POLL), 0);
+        assert_int_equal(scheduler_queued(&f.sched, SCHEDULER_AUDIT), 1);
+        scheduler_unschedule(&f.sched, 3);
+        assert_false(scheduler_is_scheduled(&f.sched, 3));
+
+        /* Under a budget of 10/s with everything always due again, every
+         * kind keeps getting its turn. */
+        opt.rate_per_sec = 10;
+        scheduler_set_options(&f.sched, &opt);
+        assert_int_equal(scheduler_schedule(&f.sched, 4, 0), 0);
+        assert_int_equal(scheduler_schedule_audit(&f.sched, 5, 0), 0);
+        for (uint64_t now = 10000; now < 70000; now += 10) {
+                uint64_t sweep_due = now - now % 500; /* a sweep is always due */
+
+                w = scheduler_next_work(&f.sched, now, sweep_due, &heap, &late, &wake);
+                if (w == SESSION_INDEX_NONE)
+                        continue;
+                scheduler_complete(&f.sched);
+                if (w == SCHEDULER_SWEEP)
+                        sweeps++;
+                else if (heap == SCHEDULER_POLL) {
+                        polls++;
+                        assert_int_equal(scheduler_schedule(&f.sched, w, now + 100), 0);
+                } else {
+                        audits++;
+                        assert_int_equal(scheduler_schedule_audit(&f.sched, w, now + 100), 0);
+                }
+        }
+        assert_true(sweeps + polls + audits <= 10 * 60 + 11);
+        assert_true(sweeps > polls && polls > audits);
+        assert_true(audits > 0);
+        fixture_done(&f);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -815,6 +896,7 @@ int main(void)
             cmocka_unit_test(test_deterministic),
             cmocka_unit_test(test_spread),
             cmocka_unit_test(test_set_options),
+            cmocka_unit_test(test_priorities),
         };
 
         return cmocka_run_group_tests_name("scheduler", tests, NULL, NULL);

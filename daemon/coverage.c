@@ -66,7 +66,8 @@ static uint8_t count_class(const Session *rec)
         if (!(rec->flags & SESSION_SEEN) || (rec->flags & (SESSION_GONE | SESSION_REMOVED)) ||
             session_status_is_terminal(rec->status))
                 return 0;
-        return rec->status == SESSION_STATUS_WAITING ? SESSION_COV_COUNTED_WAITING : SESSION_COV_COUNTED_ACTIVE;
+        return rec->status == SESSION_STATUS_WAITING ? SESSION_COV_COUNTED_WAITING
+                                                     : SESSION_COV_COUNTED_ACTIVE;
 }
 
 static void count(Daemon *d, SessionIndex i, Session *rec, uint8_t cls, int sign)
@@ -214,7 +215,8 @@ static void review_runbook(Daemon *d, uint32_t rb)
                     info->active + info->waiting * (double)p->interval_ms / (double)p->waiting_interval_ms;
                 double per_sweep = sc->requests_per_sweep > 1 ? sc->requests_per_sweep : 1;
                 double sweep_cost =
-                    info->active > 0 ? per_sweep : per_sweep * (double)p->interval_ms / (double)p->waiting_interval_ms;
+                    info->active > 0 ? per_sweep
+                                     : per_sweep * (double)p->interval_ms / (double)p->waiting_interval_ms;
 
                 want = sc->enabled ? get_cost >= sweep_cost + COVER_STOP_MARGIN
                                    : get_cost >= sweep_cost + COVER_START_MARGIN;
@@ -304,7 +306,7 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                 if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
                         log_warning("Ignoring listed session '%.64s': %s (%u more suppressed).", snap->id,
                                     snap->status_raw_len > STATE_STATUS_MAX ? "status longer than 1024 bytes"
-                                                                      : "not a valid session id",
+                                                                            : "not a valid session id",
                                     suppressed);
                 return;
         }
@@ -363,9 +365,8 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                         else {
                                 e.replayed = obs.replayed;
                                 d->stats.transitions++;
-                                daemon_metrics_count_transition(d, snap->status, obs.first && initial
-                                                                                     ? 0
-                                                                                     : snap->updated_at_us);
+                                daemon_metrics_count_transition(
+                                    d, snap->status, obs.first && initial ? 0 : snap->updated_at_us);
                                 daemon_emit(d, &e, done_usec);
                         }
                 }
@@ -382,7 +383,8 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
 
                 if (rec->coverage & SESSION_COV_COVERED)
                         (void)scheduler_schedule_audit(
-                            &d->sched, i, now + scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
+                            &d->sched, i,
+                            now + scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
                 else
                         daemon_schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
         }
@@ -435,8 +437,8 @@ int coverage_setup(Daemon *d)
         if (w->n_runbooks == 0 && !w->all && !mode_covers(d))
                 return 0;
         r = discovery_new(&d->loop, w->runbooks, w->n_runbooks, w->all, w->discover_interval_ms,
-                          (int64_t)w->list_overlap_ms * 1000, &coverage_discovery_callbacks, d, &d->disc_counters,
-                          &d->disc);
+                          (int64_t)w->list_overlap_ms * 1000, &coverage_discovery_callbacks, d,
+                          &d->disc_counters, &d->disc);
         if (r < 0)
                 return r;
         if (w->all)
@@ -470,7 +472,8 @@ void coverage_reload(Daemon *d)
                 if (d->cov_rb[rb].scope >= 0)
                         review_runbook(d, rb);
         if (d->all_scope >= 0)
-                discovery_set_interval(d->disc, (size_t)d->all_scope, pace(d, d->all_active, d->all_waiting));
+                discovery_set_interval(d->disc, (size_t)d->all_scope,
+                                       pace(d, d->all_active, d->all_waiting));
 }
 
 void coverage_done(Daemon *d)

@@ -552,7 +552,8 @@ static int cmp_entry(const void *a, const void *b)
 {
         const Entry *x = a, *y = b;
 
-        return (x->snap.updated_at_us > y->snap.updated_at_us) - (x->snap.updated_at_us < y->snap.updated_at_us);
+        return (x->snap.updated_at_us > y->snap.updated_at_us) -
+               (x->snap.updated_at_us < y->snap.updated_at_us);
 }
 
 /* Takes one 200 page in. Returns 0, -EBADMSG/-EPROTO (body not a list,
@@ -574,8 +575,8 @@ static int take_page(Discovery *disc, DiscoveryScope *sc, const HttpResponse *re
                 const char *reason = NULL;
 
                 entries[n_ok].snap = SESSION_SNAPSHOT_NULL;
-                if (decode_session_object(json_object_array_get_idx(array, k), &entries[n_ok].snap, &reason) <
-                    0) {
+                if (decode_session_object(json_object_array_get_idx(array, k), &entries[n_ok].snap,
+                                          &reason) < 0) {
                         unsigned suppressed;
 
                         if (log_ratelimit_ok(&disc->decode_rl, uv_now(disc->loop), &suppressed))
@@ -672,9 +673,10 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                 scheduler_pause(disc->sched, now + wait);
                 sc->due_ms = now + wait;
                 if (log_ratelimit_ok(&disc->errors_rl, now, &suppressed))
-                        log_warning("The API is rate limiting us (HTTP 429) on the session list of %s; holding "
-                                    "all requests for %" PRIu64 " ms.",
-                                    what, wait);
+                        log_warning(
+                            "The API is rate limiting us (HTTP 429) on the session list of %s; holding "
+                            "all requests for %" PRIu64 " ms.",
+                            what, wait);
                 break;
         }
         default:
@@ -683,17 +685,20 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                 sc->due_ms = now + retry_delay(sc);
                 if (log_ratelimit_ok(&disc->errors_rl, now, &suppressed)) {
                         if (o == API_DECODE)
-                                log_warning("Undecodable session list of %s: %s; retrying in %" PRIu64 " ms.",
+                                log_warning("Undecodable session list of %s: %s; retrying in %" PRIu64
+                                            " ms.",
                                             what, reason ? reason : "invalid body", sc->due_ms - now);
                         else if (resp->error == HTTP_OK)
-                                log_warning("Listing the sessions of %s failed: HTTP %ld; retrying in %" PRIu64
-                                            " ms.",
-                                            what, resp->status, sc->due_ms - now);
+                                log_warning(
+                                    "Listing the sessions of %s failed: HTTP %ld; retrying in %" PRIu64
+                                    " ms.",
+                                    what, resp->status, sc->due_ms - now);
                         else
-                                log_warning("Listing the sessions of %s failed: %s (%s); retrying in %" PRIu64
-                                            " ms.",
-                                            what, api_outcome_to_string(o),
-                                            resp->error_text ? resp->error_text : "", sc->due_ms - now);
+                                log_warning(
+                                    "Listing the sessions of %s failed: %s (%s); retrying in %" PRIu64
+                                    " ms.",
+                                    what, api_outcome_to_string(o), resp->error_text ? resp->error_text : "",
+                                    sc->due_ms - now);
                 }
                 break;
         }

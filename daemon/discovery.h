@@ -116,10 +116,10 @@ int discovery_pager_page(DiscoveryPager *p, int64_t *updated, size_t n_decoded, 
                          bool *ret_split);
 
 typedef struct DiscoveryScope {
-        char *runbook_id; /* NULL: every session the key can see */
-        bool coverage;    /* made to cover sessions listed by id: announces no new session */
-        bool enabled;     /* swept at all */
-        bool swept;       /* a sweep completed, in this run or before a restart */
+        char *runbook_id;  /* NULL: every session the key can see */
+        bool coverage;     /* made to cover sessions listed by id: announces no new session */
+        bool enabled;      /* swept at all */
+        bool swept;        /* a sweep completed, in this run or before a restart */
         int64_t newest_us; /* the watermark: every change before it was listed; 0: none */
         int64_t told_us;   /* the watermark last reported as moved (to be made durable) */
 

@@ -273,7 +273,8 @@ static void test_sweeps_lose_nothing(void **unused)
                                  * (every third seed) clusters sharing an
                                  * instant, fewer than a page each. */
                                 int64_t span = hi - lo + 20 * INT64_C(1000000);
-                                int64_t t = lo - 10 * INT64_C(1000000) + (int64_t)(rnd(&m.rng) % (uint64_t)span);
+                                int64_t t =
+                                    lo - 10 * INT64_C(1000000) + (int64_t)(rnd(&m.rng) % (uint64_t)span);
 
                                 if (seed % 3 == 0)
                                         t -= t % 20000;
@@ -287,13 +288,13 @@ static void test_sweeps_lose_nothing(void **unused)
                                     !m.e[k].changed)
                                         lost++;
                         if (lost > 0)
-                                fail_msg("order %s, seed %" PRIu64 ": %zu of %zu entries lost", order_names[order],
-                                         seed, lost, in_window);
+                                fail_msg("order %s, seed %" PRIu64 ": %zu of %zu entries lost",
+                                         order_names[order], seed, lost, in_window);
                         /* About twice the pages a perfect cursor would read,
                          * plus the churn's own share. */
                         if (pages > 4 * (in_window / DISCOVERY_PAGE_LIMIT + 1) + 8 + pages / 50 * churn)
-                                fail_msg("order %s, seed %" PRIu64 ": %u pages for %zu entries", order_names[order],
-                                         seed, pages, in_window);
+                                fail_msg("order %s, seed %" PRIu64 ": %u pages for %zu entries",
+                                         order_names[order], seed, pages, in_window);
                         free(m.e);
                 }
 }
@@ -309,7 +310,8 @@ static void test_crowded_instant(void **unused)
                 m.e = calloc(m.n, sizeof(*m.e));
                 assert_non_null(m.e);
                 for (size_t k = 0; k < m.n; k++)
-                        m.e[k] = (Entry){.updated = k < 300 ? T0 + 5 : T0 + 7 + (int64_t)k, .id = (uint32_t)k};
+                        m.e[k] =
+                            (Entry){.updated = k < 300 ? T0 + 5 : T0 + 7 + (int64_t)k, .id = (uint32_t)k};
                 (void)sweep(&m, DISCOVERY_UNBOUNDED_LO, T0 + 100000, 0);
                 for (size_t k = 0; k < m.n; k++)
                         if (!m.e[k].taken)
@@ -358,8 +360,8 @@ static void test_floor(void **unused)
         assert_int_equal(discovery_floor(s, 3, OVERLAP), INT64_MIN);
 }
 
-static void on_session_unused(void *userdata, const DiscoveryScope *sc, const SessionSnapshot *s, bool initial,
-                              uint64_t done_usec)
+static void on_session_unused(void *userdata, const DiscoveryScope *sc, const SessionSnapshot *s,
+                              bool initial, uint64_t done_usec)
 {
         (void)userdata, (void)sc, (void)s, (void)initial, (void)done_usec;
         fail();
@@ -390,7 +392,8 @@ static void test_scopes(void **unused)
 
         (void)unused;
         assert_int_equal(uv_loop_init(&loop), 0);
-        assert_int_equal(discovery_new(&loop, runbooks, 3, true, 30000, OVERLAP, &cb, NULL, &counters, &disc), 0);
+        assert_int_equal(
+            discovery_new(&loop, runbooks, 3, true, 30000, OVERLAP, &cb, NULL, &counters, &disc), 0);
         assert_int_equal(discovery_n_scopes(disc), 3);
         sc = discovery_scopes(disc);
         assert_string_equal(sc[0].runbook_id, "rbk1");

@@ -225,7 +225,10 @@ class CoverageBase:
         event = daemon.wait_for_event(lambda e: e["subject"] == ids[0] and e["data"]["status"] == "Failed",
                                       timeout=15)
         self.assertEqual(event["data"]["previousStatus"], "Active")
-        self.assertGreater(sim.counters(times=False)["faults"]["list-miss"], 0)
+        # The sweeps of the next moments would have listed it (the audit may
+        # have come first).
+        swtest.wait_until(lambda: sim.counters(times=False)["faults"]["list-miss"] > 0, timeout=10,
+                          message="no list answer left the session out")
         self.assertGreaterEqual(self.gets(sim, ids[0]), 1)
         self.assertGreaterEqual(self.coverage(daemon)["requests"]["audit"], 1)
 

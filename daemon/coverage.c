@@ -122,6 +122,16 @@ static bool is_covered(Daemon *d, SessionIndex i, const Session *rec)
         return rb != 0 && rb != RUNBOOK_NONE && rb < d->n_cov_rb && scope_covers(d, d->cov_rb[rb].scope);
 }
 
+/* When a covered session that was just seen gets its next audit: one
+ * audit interval on, give or take a tenth, so audits of sessions seen
+ * together drift apart. */
+static uint64_t next_audit_ms(Daemon *d, uint64_t now)
+{
+        uint64_t a = d->config->poll.audit_interval_ms;
+
+        return now + a - a / 10 + scheduler_spread(&d->sched, a / 5 + 1);
+}
+
 /* Moves session i to the heap its coverage asks for, keeping a due time
  * that is already near. */
 static void apply(Daemon *d, SessionIndex i)
@@ -143,8 +153,12 @@ static void apply(Daemon *d, SessionIndex i)
         if (!scheduler_is_scheduled(&d->sched, i) || (rec->coverage & SESSION_COV_SUSPECT))
                 return; /* in flight, done, or waiting for a 404's confirmation */
         if (covered && rec->heap == SCHEDULER_POLL)
-                r = scheduler_schedule_audit(
-                    &d->sched, i, now + scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
+                /* Half an interval to one and a half: a scope turned on
+                 * for many sessions spreads their audits over a whole
+                 * interval. */
+                r = scheduler_schedule_audit(&d->sched, i,
+                                             now + d->config->poll.audit_interval_ms / 2 +
+                                                 scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
         else if (!covered && rec->heap == SCHEDULER_AUDIT)
                 r = scheduler_schedule(&d->sched, i,
                                        now + scheduler_spread(&d->sched, d->config->poll.interval_ms));
@@ -276,13 +290,9 @@ void coverage_reschedule(Daemon *d, SessionIndex i)
                 scheduler_unschedule(&d->sched, i);
                 return;
         }
-        if (rec->coverage & SESSION_COV_COVERED) {
-                uint64_t a = d->config->poll.audit_interval_ms;
-
-                /* The audit interval, jittered like polls are. */
-                r = scheduler_schedule_audit(&d->sched, i,
-                                             now + a - a / 10 + scheduler_spread(&d->sched, a / 5 + 1));
-        } else
+        if (rec->coverage & SESSION_COV_COVERED)
+                r = scheduler_schedule_audit(&d->sched, i, next_audit_ms(d, now));
+        else
                 r = scheduler_schedule(&d->sched, i, now + scheduler_interval(&d->sched, rec->status));
         if (r < 0)
                 log_error_errno(r, "Failed to schedule session '%s': %m", sessions_id(d->table, i));
@@ -381,10 +391,9 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
         } else if (!(rec->flags & SESSION_IN_FLIGHT) && !scheduler_is_scheduled(&d->sched, i)) {
                 uint64_t now = uv_now(&d->loop);
 
+                /* Just listed: its audit is a whole audit interval away. */
                 if (rec->coverage & SESSION_COV_COVERED)
-                        (void)scheduler_schedule_audit(
-                            &d->sched, i,
-                            now + scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
+                        (void)scheduler_schedule_audit(&d->sched, i, next_audit_ms(d, now));
                 else
                         daemon_schedule_after(d, i, scheduler_interval(&d->sched, rec->status));
         }

@@ -156,9 +156,10 @@ static void apply(Daemon *d, SessionIndex i)
                 /* Half an interval to one and a half: a scope turned on
                  * for many sessions spreads their audits over a whole
                  * interval. */
-                r = scheduler_schedule_audit(&d->sched, i,
-                                             now + d->config->poll.audit_interval_ms / 2 +
-                                                 scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
+                r = scheduler_schedule_audit(
+                    &d->sched, i,
+                    now + d->config->poll.audit_interval_ms / 2 +
+                        scheduler_spread(&d->sched, d->config->poll.audit_interval_ms));
         else if (!covered && rec->heap == SCHEDULER_AUDIT)
                 r = scheduler_schedule(&d->sched, i,
                                        now + scheduler_spread(&d->sched, d->config->poll.interval_ms));

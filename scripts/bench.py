@@ -24,10 +24,23 @@ and the daemon):
              p50/p99 bounds from response completion to the event's write.
   start-up   exec to READY=1 (sd_notify, on a socket this script owns) with
              1,000,000 sessions; config loading only (no state yet).
+  freshness  (once, not repeated) 1,000 to 1,000,000 sessions in 20 runbooks
+             against apisim, each changing every 5 min on average (steps of
+             1-599 s, --stagger 600, list in id order), the daemon sweeping the
+             20 runbooks with rate-limit 50/s and interval 5s, in mode = get and
+             then mode = auto, each against a fresh apisim with the same seed.
+             After the first sweeps and 2 intervals (by the daemon's metrics),
+             a window: every change apisim's /_sim/history shows in it is
+             matched to its event line (--print-events=json, read from a pipe
+             and timestamped on arrival) by (session, status, updatedAt):
+             delay p50/p95/max, the share announced within a deadline,
+             requests/s (apisim's counters) and per announced change, CPU share
+             and RSS of the daemon.
 
 Each figure is the median over the repetitions (3 by default). --quick: one
 repetition, 3 s saturated runs, 20,000 sessions at 1 s for the realistic load,
-200,000 sessions for memory and start-up (start-up scaled linearly to 1M). Two cores: nginx runs one
+200,000 sessions for memory and start-up (start-up scaled linearly to 1M), freshness at 1,000 and 10,000
+sessions with a 30 s window. --only SECTION[,SECTION...] runs only some sections. Two cores: nginx runs one
 worker process, so the server and the client under test (wrk or the daemon)
 get one core each; nothing is pinned, the kernel's scheduler places them.
 apisim runs with its default thread count and shares the cores with the
@@ -35,7 +48,9 @@ daemon in the realistic and latency runs.
 """
 
 import argparse
+import calendar
 import json
+import math
 import os
 import platform
 import random
@@ -49,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -62,6 +78,14 @@ TARGETS = {
     "latency_p99_us": 1000,  # event written after the response completed, at most
     "startup_s": 2.0,  # exec to READY with 1,000,000 sessions, at most
 }
+# Freshness under a budget, for the rows in mode = auto.
+FRESH_TARGETS = {
+    "p95_over_interval_s": 1.0,  # change -> event line, p95 at most interval + this
+    "announced_ratio": 1.0,  # every change whose status held an interval announced (within the deadline)
+    "cpu_share": 0.05,  # of one core, at most
+}                            # and API requests/s at most the rate-limit
+
+SECTIONS = ("saturated", "realistic", "latency", "memory", "freshness")
 
 
 class BenchError(Exception):
@@ -194,8 +218,9 @@ def proc_children(pid):
         return []
 
 
-def http_get(url, timeout=10.0, method="GET"):
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+def http_get(url, timeout=10.0, method="GET", headers=None):
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                 headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
 
@@ -204,6 +229,67 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape_metrics(url):
+    """A Prometheus text page as {'name{labels}': value}."""
+    out = {}
+    for line in http_get(url, timeout=30).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def histogram_quantile(m0, m1, family, q):
+    """The upper bound of the bucket holding quantile q of what a histogram
+    counted between two scrapes (None when it counted nothing)."""
+    prefix = family + '_bucket{le="'
+    buckets = sorted((float(k[len(prefix):-2]), m1[k] - m0.get(k, 0)) for k in m1 if k.startswith(prefix))
+    if len(buckets) < 2 or buckets[-1][1] <= 0:  # nothing counted, or no finite bucket
+        return None
+    for le, cum in buckets:
+        if cum >= q * buckets[-1][1]:
+            return le
+    return math.inf
+
+
+AIRPLANE_TIME_RE = re.compile(r"(\d+)-(\d+)-(\d+)[ T](\d+):(\d+):(\d+)(?:\.(\d{1,6}))?([+-]\d\d)(?::?(\d\d))?$")
+
+
+def airplane_time_us(text):
+    """'2022-01-11 22:32:45.601486+00' as integer µs since the epoch."""
+    m = AIRPLANE_TIME_RE.match(text)
+    if not m:
+        raise ValueError(f"bad time {text!r}")
+    y, mo, d, h, mi, s = (int(x) for x in m.group(1, 2, 3, 4, 5, 6))
+    frac = int((m.group(7) or "0").ljust(6, "0"))
+    off = int(m.group(8)) * 3600
+    off += (60 if off >= 0 and not m.group(8).startswith("-") else -60) * int(m.group(9) or 0)
+    return (calendar.timegm((y, mo, d, h, mi, s)) - off) * 1000000 + frac
+
+
+def iso_time_s(text):
+    """An RFC 3339 UTC time ('...Z') as float seconds since the epoch."""
+    return airplane_time_us(text.replace("Z", "+00")) / 1e6
+
+
+def nearest_rank(ranked, q):
+    """The q quantile of a sorted list (nearest rank); None when empty."""
+    if not ranked:
+        return None
+    return ranked[min(len(ranked) - 1, max(0, math.ceil(q * len(ranked)) - 1))]
+
+
+def fmt_delay(v, deadline):
+    if v is None:
+        return "-"
+    if v == math.inf:
+        return f">{deadline:g} s"
+    return f"{v:.2f} s"
 
 
 # ---------------------------------------------------------------- inputs
@@ -314,23 +400,26 @@ class Nginx:
 
 
 class Apisim:
-    def __init__(self, bench, tag, *, sessions, step_min, step_max, seed=7):
+    def __init__(self, bench, tag, *, sessions, step_min, step_max, seed=7, extra=(), list_ids=True,
+                 start_timeout=30):
         self.dir = os.path.join(bench.work, f"apisim-{tag}")
         os.makedirs(self.dir, exist_ok=True)
-        self.ids = os.path.join(self.dir, "ids")
+        self.ids = os.path.join(self.dir, "ids") if list_ids else None
         portf = os.path.join(self.dir, "port")
-        self.proc = Proc("apisim", [bench.apisim, "--port", "0", "--port-file", portf, "--key-file",
-                                    bench.key_file, "--sessions", str(sessions), "--seed", str(seed),
-                                    "--step-min", str(step_min), "--step-max", str(step_max),
-                                    "--list-ids", self.ids, "--quiet"],
+        argv = [bench.apisim, "--port", "0", "--port-file", portf, "--key-file", bench.key_file, "--sessions",
+                str(sessions), "--seed", str(seed), "--step-min", str(step_min), "--step-max", str(step_max)]
+        if self.ids:
+            argv += ["--list-ids", self.ids]
+        self.proc = Proc("apisim", argv + list(extra) + ["--quiet"],
                          stdout=os.path.join(self.dir, "stdout.log"),
                          stderr=os.path.join(self.dir, "stderr.log"))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while not (os.path.exists(portf) and os.path.getsize(portf) > 0):
             if self.proc.poll() or time.monotonic() > deadline:
                 self.proc.stop(timeout=3)
                 raise BenchError("apisim did not start: " + tail(os.path.join(self.dir, "stderr.log")))
             time.sleep(0.02)
+        self.t_up = time.time()  # its clock's zero is a little before this
         with open(portf) as f:
             self.port = int(f.read().strip())
         self.base = f"http://127.0.0.1:{self.port}"
@@ -343,8 +432,16 @@ class Apisim:
         http_get(self.base + "/_sim/counters/reset", method="POST")
 
     def get_count(self):
-        c = json.loads(http_get(self.base + "/_sim/counters?times=0", timeout=30))
-        return c["requests"]["get"]
+        return self.request_counts()["get"]
+
+    def request_counts(self):
+        """The API requests served so far, by endpoint (get, list, ...)."""
+        c = json.loads(http_get(self.base + "/_sim/counters?times=0", timeout=60))
+        return c["requests"]
+
+    def history(self):
+        """Every transition so far: {id: [[unixSeconds, status], ...]}."""
+        return json.loads(http_get(self.base + "/_sim/history", timeout=600))
 
     def status_counts(self):
         s = json.loads(http_get(self.base + "/_sim/sessions", timeout=60))
@@ -366,6 +463,30 @@ def tail(path, n=15):
         return "(no log)"
 
 
+class LineReader(threading.Thread):
+    """Reads a pipe as the data comes and keeps each complete line with the
+    time.time() of the read that completed it: the time the line reached
+    us, which is within a read of when it was written."""
+
+    def __init__(self, pipe):
+        super().__init__(daemon=True)
+        self.fd = pipe.fileno()
+        self.lines = []  # (arrival, bytes)
+
+    def run(self):
+        rest = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except OSError:
+                break
+            if not chunk:
+                break
+            t = time.time()
+            *done, rest = (rest + chunk).split(b"\n")
+            self.lines.extend((t, line) for line in done if line)
+
+
 # ---------------------------------------------------------------- the daemon
 
 STOP_RE = re.compile(r"Stopped after (\d+) polls \(([^)]*)\), (\d+) transitions, (\d+) events, "
@@ -376,11 +497,16 @@ class Daemon:
     """One sessionwatchd run: started with a NOTIFY_SOCKET we own, stopped
     with SIGTERM, its stop line parsed."""
 
-    def __init__(self, bench, tag, config, *, print_events=None):
+    def __init__(self, bench, tag, config, *, print_events=None, events_pipe=False, state_dir=None):
+        """events_pipe: the events go to a pipe that a thread reads as they
+        come (self.events); otherwise to a file. state_dir: a state folder
+        of its own instead of the bench's shared one."""
         self.bench = bench
         self.tag = tag
         self.stderr = os.path.join(bench.work, f"daemon-{tag}.log")
         self.stdout = os.path.join(bench.work, f"events-{tag}.json") if print_events else None
+        if events_pipe:
+            self.stdout = subprocess.PIPE
         sock_path = os.path.join(bench.work, "notify.sock")
         if os.path.exists(sock_path):
             os.unlink(sock_path)
@@ -389,7 +515,7 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "LISTEN_FDS", "LISTEN_PID")}
         env["NOTIFY_SOCKET"] = sock_path
         env["RUNTIME_DIRECTORY"] = bench.runtime_dir
-        env["STATE_DIRECTORY"] = bench.state_dir
+        env["STATE_DIRECTORY"] = state_dir or bench.state_dir
         argv = [bench.daemon, "--config", config, "--log-level", "info"]
         if print_events:
             argv.append(f"--print-events={print_events}")
@@ -397,6 +523,10 @@ class Daemon:
         self.proc = Proc(f"sessionwatchd[{tag}]", argv, stdout=self.stdout, stderr=self.stderr, env=env)
         self.t_ready = None
         self.stats = None
+        self.events = None
+        if events_pipe:
+            self.events = LineReader(self.proc.p.stdout)
+            self.events.start()
 
     def wait_ready(self, timeout=60):
         deadline = self.t_exec + timeout
@@ -419,6 +549,9 @@ class Daemon:
         ok = self.proc.stop(timeout=timeout)
         self.stop_s = time.monotonic() - t
         self.sock.close()
+        if self.events:
+            self.events.join(10)  # EOF once the daemon is gone
+            self.proc.p.stdout.close()
         if not ok:
             raise BenchError(f"daemon {self.tag} did not stop in {timeout} s")
         if self.proc.status != 0:
@@ -455,7 +588,9 @@ class Bench:
         for exe in (self.daemon, self.apisim):
             if not os.access(exe, os.X_OK):
                 raise BenchError(f"{exe} is missing: build first (scripts/bench does)")
-        for exe in ("nginx", "wrk"):
+        self.sections = args.only
+        needs_nginx = args.profile or {"saturated", "memory"} & set(self.sections)
+        for exe in ("nginx", "wrk") if needs_nginx else ():
             if not shutil.which(exe):
                 raise BenchError(f"{exe} is not installed: scripts/deps --bench")
         self.work = tempfile.mkdtemp(prefix="sessionwatch-bench.")
@@ -486,6 +621,24 @@ class Bench:
             "lat_interval_ms": 100,
             "lat_step": [0.5, 2],
             "lat_seconds": 4 if q else 10,
+            "sections": list(self.sections),
+            "fresh": {
+                "sessions": args.freshness_sessions or ([1000, 10000] if q else [1000, 10000, 100000, 1000000]),
+                "modes": ["get", "auto"],  # as printed; auto runs first, see freshness()
+                "runbooks": 20,
+                "step": [1, 599],  # uniform: a change every 300 s on average
+                "stagger_s": 600,
+                "list_order": "id",
+                "seed": 7,
+                "rate_limit": 50,
+                "interval_s": 5,
+                "window_s": 30 if q else 60,
+                # A change counts as announced if its line arrives within this.
+                "deadline_s": 30,
+                # Limit of the wait for the first sweeps: base + per session.
+                "warmup_base_s": 120,
+                "warmup_per_session_s": 0.003,
+            },
         }
 
     # -- inputs
@@ -695,6 +848,272 @@ class Bench:
             "polls": st["polls"],
         }
 
+    # -- freshness under a budget
+
+    def fresh_runbooks(self, sim, k):
+        """The ids of the k runbooks, from the first pages of the list."""
+        with open(self.key_file) as f:
+            hdr = {"X-Airplane-API-Key": f.read().strip()}
+        found = []
+        for page in range(1000):
+            body = json.loads(http_get(f"{sim.url}/sessions/list?limit=50&page={page}", timeout=60, headers=hdr))
+            for e in body["sessions"]:
+                if e["runbookID"] not in found:
+                    found.append(e["runbookID"])
+            if len(found) >= k or len(body["sessions"]) < 50:
+                break
+        if len(found) < k:
+            raise BenchError(f"apisim lists only {len(found)} runbooks, not {k}")
+        return sorted(found)
+
+    def fresh_config(self, path, *, url, runbooks, mode, metrics_port, max_sessions):
+        f_ = self.p["fresh"]
+        with open(path, "w") as f:
+            f.write(f"""# written by scripts/bench (freshness)
+[api]
+url = {url}
+key-file = {self.key_file}
+max-connections = 16
+rate-limit = {f_['rate_limit']}/s
+timeout = 10s
+
+[poll]
+mode = {mode}
+interval = {f_['interval_s']}s
+waiting-interval = {f_['interval_s']}s
+max-sessions = {max_sessions}
+
+[journal]
+enable = no
+
+[metrics]
+listen = 127.0.0.1:{metrics_port}
+
+[watch]
+backfill = no
+""")
+            f.writelines(f"runbook = {r}\n" for r in runbooks)
+
+    def freshness_one(self, n, mode, tag, at_offset=None):
+        """One row: a fresh apisim (same seed, so the same timelines relative
+        to its start), a daemon in this mode, warm-up, the window, then every
+        change apisim's history shows inside the window matched to its event
+        line by (session, status, updatedAt). at_offset: start the window
+        that many seconds after apisim's start whether the warm-up is done
+        or not (so that two rows measure the same changes)."""
+        fp = self.p["fresh"]
+        interval, window, deadline = fp["interval_s"], fp["window_s"], fp["deadline_s"]
+        sim = Apisim(self, tag, sessions=n, step_min=fp["step"][0], step_max=fp["step"][1], seed=fp["seed"],
+                     list_ids=False, start_timeout=120,
+                     extra=["--runbooks", str(fp["runbooks"]), "--stagger", str(fp["stagger_s"]),
+                            "--list-order", fp["list_order"]])
+        d = None
+        try:
+            runbooks = self.fresh_runbooks(sim, fp["runbooks"])
+            state = os.path.join(self.work, f"state-{tag}")
+            os.makedirs(state)
+            for attempt in range(3):
+                port = free_port()
+                conf = os.path.join(self.work, f"{tag}.conf")
+                self.fresh_config(conf, url=sim.url, runbooks=runbooks, mode=mode, metrics_port=port,
+                                  max_sessions=max(1000000, 2 * n))
+                d = Daemon(self, f"{tag}-{attempt}", conf, print_events="json", events_pipe=True,
+                           state_dir=state)
+                try:
+                    d.wait_ready()
+                    break
+                except BenchError:
+                    if "Address already in use" not in tail(d.stderr) or attempt == 2:
+                        raise
+                    d.proc.stop(timeout=5)
+                    d.sock.close()
+                    d = None
+            murl = f"http://127.0.0.1:{port}/metrics"
+
+            # Warm-up: every session taken in and every runbook swept once
+            # (the daemon's counters), then 2 intervals by its own uptime.
+            if at_offset is None:
+                until = time.time() + fp["warmup_base_s"] + fp["warmup_per_session_s"] * n
+            else:
+                until = sim.t_up + at_offset
+            warm_ok = True
+            while True:
+                m = scrape_metrics(murl)
+                if (m.get("sessionwatch_sessions_watched", 0) >= n
+                        and m.get("sessionwatch_discovery_sweeps_total", 0) >= fp["runbooks"]):
+                    break
+                if d.proc.poll():
+                    raise BenchError(f"daemon {tag} exited during the warm-up:\n" + tail(d.stderr))
+                if time.time() > until:
+                    warm_ok = False
+                    log(f"{tag}: the first sweeps did not finish in {time.time() - sim.t_up:.0f} s "
+                        f"({m.get('sessionwatch_sessions_watched', 0):,.0f} of {n:,} sessions taken in, "
+                        f"{m.get('sessionwatch_discovery_sweeps_total', 0):.0f} sweeps); measuring anyway")
+                    break
+                time.sleep(0.5)
+            first_sweeps_s = time.time() - sim.t_up
+            watched_after_warmup = m.get("sessionwatch_sessions_watched", 0)
+            up1 = m["sessionwatch_uptime_seconds"]
+            while m["sessionwatch_uptime_seconds"] < up1 + 2 * interval and time.time() < until:
+                time.sleep(0.25)
+                m = scrape_metrics(murl)
+            if at_offset is not None:
+                time.sleep(max(0.0, until - time.time()))
+            sweeps_at_start = m.get("sessionwatch_discovery_sweeps_total", 0)
+
+            # The window.
+            pid = d.proc.pid
+            a = time.time()
+            c0 = sim.request_counts()
+            cpu0, m0 = proc_cpu_s(pid), scrape_metrics(murl)
+            t0 = (a + time.time()) / 2
+            watched0 = m0.get("sessionwatch_sessions_watched", 0)
+            time.sleep(window)
+            a = time.time()
+            c1 = sim.request_counts()
+            cpu1, m1 = proc_cpu_s(pid), scrape_metrics(murl)
+            t1 = (a + time.time()) / 2
+            rss = proc_rss_bytes(pid)
+            # Changes near the end of the window get their deadline too.
+            time.sleep(deadline)
+            hist = sim.history()
+            st = d.stop()
+        finally:
+            if d and d.proc.status is None:
+                d.proc.stop(timeout=10)
+            sim.stop()
+
+        # Event lines by (session, status, updatedAt in µs): first arrival.
+        seen = {}
+        bad = 0
+        for arrival, line in d.events.lines:
+            try:
+                e = json.loads(line)
+                data = e["data"]
+                if data.get("status") is None:
+                    continue
+                key = (e["subject"], data["status"], airplane_time_us(data["session"]["updatedAt"]))
+                evt = iso_time_s(e["time"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if key not in seen:
+                seen[key] = (arrival, evt)
+
+        terminal = ("Succeeded", "Failed", "Cancelled")
+        changes = []  # (t, session, status)
+        running0 = 0
+        for sid, steps in hist.items():
+            last = None
+            for i, (t, status) in enumerate(steps):
+                if t < t0:
+                    last = status
+                elif t < t1 and i > 0:
+                    # How long the status lasted (None: it still holds).
+                    lasted = steps[i + 1][0] - t if i + 1 < len(steps) else None
+                    changes.append((t, sid, status, lasted))
+            if last is not None and last not in terminal:
+                running0 += 1
+        changes.sort()
+        delays, missing, late, short, lag = [], [], 0, 0, 0.0
+        # A status that held for less than one interval may be replaced
+        # before any poll or sweep looks: such changes are counted apart.
+        held = held_announced = 0
+        for t, sid, status, lasted in changes:
+            holds = lasted is None or lasted >= interval
+            held += holds
+            us = round(t * 1e6)
+            ev = None
+            for k in (us, us - 1, us + 1):
+                ev = seen.get((sid, status, k))
+                if ev:
+                    break
+            if ev and ev[0] - t <= deadline:
+                delays.append(ev[0] - t)
+                lag = max(lag, ev[0] - ev[1])
+                held_announced += holds
+            else:
+                if ev:
+                    late += 1
+                elif lasted is not None and lasted < interval:
+                    short += 1
+                missing.append({"session": sid, "status": status, "at_s": round(t - t0, 3),
+                                "late_s": round(ev[0] - t, 3) if ev else None,
+                                "lasted_s": None if lasted is None else round(lasted, 3)})
+        w = t1 - t0
+        reqs = {k: c1.get(k, 0) - c0.get(k, 0) for k in ("get", "list")}
+        total = sum(reqs.values())
+        purposes = {}
+        for k in ("sweep", "poll", "audit", "confirm"):
+            name = f'sessionwatch_api_requests_total{{purpose="{k}"}}'
+            purposes[k] = m1.get(name, 0) - m0.get(name, 0)
+        ranked = sorted(delays) + [math.inf] * len(missing)
+        announced = len(delays)
+        return {
+            "sessions": n,
+            "mode": mode,
+            "runbooks": len(runbooks),
+            "warmup_complete": warm_ok,
+            "first_sweeps_s": first_sweeps_s,
+            "sessions_taken_in_at_window_start": watched0,
+            "sessions_taken_in_after_warmup": watched_after_warmup,
+            "sweeps_at_window_start": sweeps_at_start,
+            "window_offset_s": t0 - sim.t_up,
+            "running_at_window_start": running0,
+            "window_s": w,
+            "changes": len(changes),
+            "changes_per_s": len(changes) / w,
+            "announced": announced,
+            "announced_ratio": announced / len(changes) if changes else 1.0,
+            "held_changes": held,
+            "held_announced_ratio": held_announced / held if held else 1.0,
+            "missing": len(missing),
+            "missing_late": late,
+            "missing_short_lived": short,  # not announced at all, and lasted less than an interval
+            "missing_examples": missing[:200],
+            "delay_p50_s": nearest_rank(ranked, 0.50),
+            "delay_p95_s": nearest_rank(ranked, 0.95),
+            "delay_max_announced_s": max(delays) if delays else None,
+            "reader_lag_max_s": lag,
+            "requests": reqs,
+            "requests_per_s": total / w,
+            "requests_by_purpose_per_s": {k: v / w for k, v in purposes.items()},
+            "requests_per_announced_change": total / announced if announced else None,
+            "list_pages_needed_per_s": len(changes) / w / 50,
+            "cpu_share": (cpu1 - cpu0) / w,
+            "rss_bytes": rss,
+            "schedule_behind_s_at_end": m1.get("sessionwatch_schedule_behind_seconds", 0),
+            "daemon_detection_delay_p95_le_s": histogram_quantile(m0, m1, "sessionwatch_detection_delay_seconds",
+                                                                  0.95),
+            "event_lines": len(d.events.lines),
+            "undecodable_event_lines": bad,
+            "polls_whole_run": st["polls"],
+            "errors_whole_run": st["errors"],
+        }
+
+    def freshness(self):
+        fp = self.p["fresh"]
+        rows = []
+        for n in fp["sessions"]:
+            # auto first: its warm-up ends once its first sweeps are done;
+            # get then measures the same stretch of the same timelines.
+            offset = None
+            pair = []
+            for mode in ("auto", "get"):
+                self.wait_idle()
+                log(f"freshness: {n:,} sessions in {fp['runbooks']} runbooks, mode = {mode}, "
+                    f"rate-limit {fp['rate_limit']}/s, {fp['window_s']} s window"
+                    + (f" from {offset:.0f} s after apisim's start" if offset else ""))
+                r = self.freshness_one(n, mode, f"fresh-{n}-{mode}", at_offset=offset)
+                offset = r["window_offset_s"]
+                r["verdicts"] = fresh_verdicts(r, fp) if mode == "auto" else None
+                log(f"freshness: {n:,} {mode}: {r['announced_ratio']:.1%} of {r['changes']:,} changes announced, "
+                    f"p95 {fmt_delay(r['delay_p95_s'], fp['deadline_s'])}, {r['requests_per_s']:.1f} requests/s, "
+                    f"{r['cpu_share']:.1%} CPU")
+                pair.append(r)
+            rows += reversed(pair)
+        return rows
+
     # -- a profile of the saturated daemon
 
     def profile(self, seconds, out_data):
@@ -755,38 +1174,51 @@ class Bench:
 
     def run(self):
         p = self.p
-        self.prepare()
-        nginx = Nginx(self.work)
-        nginx.start()
-        log(f"nginx on 127.0.0.1:{nginx.port}; {p['reps']} repetition(s)")
-        self.nginx_configs(nginx)
+        want = set(self.sections)
         reps = []
-        try:
-            for r in range(p["reps"]):
-                rep = {}
-                for c in p["connections"]:
-                    self.wait_idle()
-                    log(f"rep {r + 1}: wrk -t1 -c{c} for {p['sat_seconds']} s")
-                    rep[f"wrk_c{c}"] = self.wrk(nginx, c, f"r{r}c{c}")
-                    log(f"rep {r + 1}: sessionwatchd, {p['sat_sessions']:,} sessions, interval 1ms, "
-                        f"max-connections {c}, {p['sat_seconds']} s")
-                    rep[f"daemon_c{c}"] = self.saturated(nginx, c, f"sat-r{r}c{c}")
-                self.wait_idle()
-                log(f"rep {r + 1}: realistic, {p['real_sessions']:,} sessions at {p['real_interval_s']} s "
-                    "against apisim")
-                rep["realistic"] = self.realistic(f"real-r{r}")
-                log(f"rep {r + 1}: latency, {p['lat_sessions']:,} changing sessions at {p['lat_interval_ms']} ms")
-                rep["latency"] = self.latency(f"lat-r{r}")
-                log(f"rep {r + 1}: memory and start-up, 0 and {p['mem_sessions']:,} sessions")
-                rep["memory"] = self.memory(f"mem-r{r}")
-                for c in p["connections"]:
-                    w, d = rep[f"wrk_c{c}"], rep[f"daemon_c{c}"]
-                    rep[f"cpu_ratio_c{c}"] = d["cpu_us_per_poll"] / w["cpu_us_per_request"]
-                    rep[f"throughput_ratio_c{c}"] = d["polls_per_s"] / w["requests_per_s"]
-                reps.append(rep)
-        finally:
-            nginx.stop()
-        return reps
+        nginx = None
+        if want & {"saturated", "realistic", "latency", "memory"}:
+            if want & {"saturated", "memory"}:
+                self.prepare()
+                nginx = Nginx(self.work)
+                nginx.start()
+                log(f"nginx on 127.0.0.1:{nginx.port}; {p['reps']} repetition(s)")
+                self.nginx_configs(nginx)
+            try:
+                for r in range(p["reps"]):
+                    rep = {}
+                    if "saturated" in want:
+                        for c in p["connections"]:
+                            self.wait_idle()
+                            log(f"rep {r + 1}: wrk -t1 -c{c} for {p['sat_seconds']} s")
+                            rep[f"wrk_c{c}"] = self.wrk(nginx, c, f"r{r}c{c}")
+                            log(f"rep {r + 1}: sessionwatchd, {p['sat_sessions']:,} sessions, interval 1ms, "
+                                f"max-connections {c}, {p['sat_seconds']} s")
+                            rep[f"daemon_c{c}"] = self.saturated(nginx, c, f"sat-r{r}c{c}")
+                    if "realistic" in want:
+                        self.wait_idle()
+                        log(f"rep {r + 1}: realistic, {p['real_sessions']:,} sessions at {p['real_interval_s']} s "
+                            "against apisim")
+                        rep["realistic"] = self.realistic(f"real-r{r}")
+                    if "latency" in want:
+                        log(f"rep {r + 1}: latency, {p['lat_sessions']:,} changing sessions at "
+                            f"{p['lat_interval_ms']} ms")
+                        rep["latency"] = self.latency(f"lat-r{r}")
+                    if "memory" in want:
+                        log(f"rep {r + 1}: memory and start-up, 0 and {p['mem_sessions']:,} sessions")
+                        rep["memory"] = self.memory(f"mem-r{r}")
+                    if "saturated" in want:
+                        for c in p["connections"]:
+                            w, d = rep[f"wrk_c{c}"], rep[f"daemon_c{c}"]
+                            rep[f"cpu_ratio_c{c}"] = d["cpu_us_per_poll"] / w["cpu_us_per_request"]
+                            rep[f"throughput_ratio_c{c}"] = d["polls_per_s"] / w["requests_per_s"]
+                    reps.append(rep)
+            finally:
+                if nginx:
+                    nginx.stop()
+        # Once, not repeated: a full freshness run takes most of an hour.
+        fresh = self.freshness() if "freshness" in want else None
+        return reps, fresh
 
 
 # ---------------------------------------------------------------- report
@@ -809,18 +1241,23 @@ def median_tree(reps):
 def verdicts(m, p):
     mem_note = "" if p["mem_sessions"] == 1000000 else f" (at {p['mem_sessions']:,})"
     start_note = "" if p["mem_sessions"] == 1000000 else f" (scaled from {p['mem_sessions']:,})"
-    rows = [
-        ("CPU per poll / wrk CPU per request (c64)", m["cpu_ratio_c64"], "<=", TARGETS["cpu_ratio_c64"],
-         "{:.2f}x"),
-        ("polls/s / wrk requests/s (c64)", m["throughput_ratio_c64"], ">=", TARGETS["throughput_ratio_c64"],
-         "{:.0%}"),
-        ("RSS bytes per watched session" + mem_note, m["memory"]["bytes_per_session"], "<=",
-         TARGETS["bytes_per_session"], "{:.0f} B"),
-        ("event latency p99 (upper bound)", m["latency"]["latency_p99_us"], "<=", TARGETS["latency_p99_us"],
-         "{:.0f} us"),
-        ("start-up to READY, 1M sessions" + start_note, m["memory"]["startup_s_per_1m"], "<=",
-         TARGETS["startup_s"], "{:.2f} s"),
-    ]
+    rows = []
+    if "cpu_ratio_c64" in m:
+        rows += [
+            ("CPU per poll / wrk CPU per request (c64)", m["cpu_ratio_c64"], "<=", TARGETS["cpu_ratio_c64"],
+             "{:.2f}x"),
+            ("polls/s / wrk requests/s (c64)", m["throughput_ratio_c64"], ">=", TARGETS["throughput_ratio_c64"],
+             "{:.0%}"),
+        ]
+    if "memory" in m:
+        rows.append(("RSS bytes per watched session" + mem_note, m["memory"]["bytes_per_session"], "<=",
+                     TARGETS["bytes_per_session"], "{:.0f} B"))
+    if "latency" in m:
+        rows.append(("event latency p99 (upper bound)", m["latency"]["latency_p99_us"], "<=",
+                     TARGETS["latency_p99_us"], "{:.0f} us"))
+    if "memory" in m:
+        rows.append(("start-up to READY, 1M sessions" + start_note, m["memory"]["startup_s_per_1m"], "<=",
+                     TARGETS["startup_s"], "{:.2f} s"))
     out = []
     for name, value, op, target, fmt in rows:
         ok = value <= target if op == "<=" else value >= target
@@ -829,19 +1266,103 @@ def verdicts(m, p):
     return out
 
 
-def print_report(m, reps, p, vs, quick, src):
+def fresh_verdicts(r, fp):
+    """The freshness targets of one row (the auto rows are judged)."""
+    rows = [
+        ("p95", r["delay_p95_s"], "<=", fp["interval_s"] + FRESH_TARGETS["p95_over_interval_s"], "{:.2f} s"),
+        ("announced", r["held_announced_ratio"], ">=", FRESH_TARGETS["announced_ratio"], "{:.2%}"),
+        ("requests/s", r["requests_per_s"], "<=", fp["rate_limit"], "{:.1f}"),
+        ("CPU", r["cpu_share"], "<=", FRESH_TARGETS["cpu_share"], "{:.1%}"),
+    ]
+    out = []
+    for name, value, op, limit, fmt in rows:
+        ok = value is not None and (value <= limit if op == "<=" else value >= limit)
+        out.append({"target": name, "value": value, "op": op, "limit": limit, "ok": ok, "fmt": fmt})
+    return out
+
+
+def print_freshness(rows, fp):
+    def mib(b):
+        return f"{b / 2**20:.0f} MiB"
+
+    dl = fp["deadline_s"]
+    print(f"Freshness under a budget: {fp['runbooks']} runbooks swept by [watch] runbook, generated steps "
+          f"{fp['step'][0]}-{fp['step'][1]} s (a change every {sum(fp['step']) / 2:.0f} s on average per session), "
+          f"--stagger {fp['stagger_s']}, list in {fp['list_order']} order;")
+    print(f"rate-limit = {fp['rate_limit']}/s, interval = {fp['interval_s']}s (Waiting too), backfill = no, "
+          f"journal off; a {fp['window_s']} s window once auto's first sweeps are done and 2 intervals more,")
+    print("the get row over the same stretch of the same timelines (a fresh apisim, same seed, same offset "
+          "from its start).")
+    print(f"Delay: apisim's change time to the event line's arrival on the daemon's stdout; a change whose "
+          f"line did not arrive within {dl} s counts as missed (as infinite in p50/p95; max is over the announced).")
+    head = (f"  {'sessions':>9} {'mode':<4} {'from':>6} {'running':>9} {'changes/s':>9} {'announced':>9} {'held':>7} {'p50':>8} {'p95':>8} "
+            f"{'max':>8} {'req/s':>6} {'sweep/poll/audit per s':>22} {'req/change':>10} {'CPU':>6} {'RSS':>8} "
+            f"{'behind':>7}  targets")
+    print(head)
+    for r in rows:
+        pp = r["requests_by_purpose_per_s"]
+        mix = f"{pp['sweep']:.1f}/{pp['poll']:.1f}/{pp['audit']:.1f}"
+        rpc = r["requests_per_announced_change"]
+        if r["verdicts"]:
+            bad = [v["target"] for v in r["verdicts"] if not v["ok"]]
+            verdict = "all met" if not bad else "MISS: " + ", ".join(bad)
+        else:
+            verdict = ""
+        print(f"  {r['sessions']:>9,} {r['mode']:<4} {r['window_offset_s']:>5.0f}s {r['running_at_window_start']:>9,} {r['changes_per_s']:>9.1f} "
+              f"{r['announced_ratio']:>9.1%} {r['held_announced_ratio']:>7.1%} {fmt_delay(r['delay_p50_s'], dl):>8} "
+              f"{fmt_delay(r['delay_p95_s'], dl):>8} {fmt_delay(r['delay_max_announced_s'], dl):>8} "
+              f"{r['requests_per_s']:>6.1f} {mix:>22} {('-' if rpc is None else f'{rpc:.2f}'):>10} "
+              f"{r['cpu_share']:>6.1%} {mib(r['rss_bytes']):>8} {r['schedule_behind_s_at_end']:>6.1f}s  {verdict}")
+    print(f"  targets (auto rows): p95 <= {fp['interval_s'] + FRESH_TARGETS['p95_over_interval_s']:g} s, "
+          f"every change whose status held for an interval announced (held), requests/s <= {fp['rate_limit']} (the budget), "
+          f"CPU <= {FRESH_TARGETS['cpu_share']:.0%} of one core")
+    print("  announced: of every change in the window; held: of the changes whose status then held for at least "
+          "one interval (a shorter one can be replaced before any request looks)")
+    print("  from: the window's start after apisim's; running: sessions not finished then; req/s: apisim's "
+          "counters over the window; behind: sessionwatch_schedule_behind_seconds at its end")
+    for r in rows:
+        tag = f"{r['sessions']:,} {r['mode']}"
+        if not r["warmup_complete"]:
+            print(f"  NOTE {tag}: its first sweeps had not finished when the window started, "
+                  f"{r['window_offset_s']:.0f} s after apisim's start: {r['sessions_taken_in_at_window_start']:,.0f} "
+                  f"of {r['sessions']:,} sessions taken in, {r['sweeps_at_window_start']:.0f} sweeps complete.")
+        if r["missing"]:
+            never = r["missing"] - r["missing_late"]
+            what = (f"{r['missing_late']:,} announced later than {dl} s, {never:,} not at all, "
+                    f"{r['missing_short_lived']:,} of which lasted less than one interval")
+            if r["mode"] == "auto" or r["missing"] <= 5:
+                ex = ", ".join(f"{e['session']} {e['status']} at +{e['at_s']:.1f} s"
+                               + (f" (line after {e['late_s']:.1f} s)" if e["late_s"] is not None else
+                                  f" (lasted {e['lasted_s']:.1f} s)" if e["lasted_s"] is not None else "")
+                               for e in r["missing_examples"][:5])
+                print(f"  missed {tag}: {r['missing']:,} of {r['changes']:,} ({what}), e.g. {ex}")
+            else:
+                print(f"  missed {tag}: {r['missing']:,} of {r['changes']:,} ({what})")
+        need = r["list_pages_needed_per_s"]
+        if need > fp["rate_limit"]:
+            print(f"  NOTE {tag}: {r['changes_per_s']:,.0f} changes/s need at least {need:.0f} list pages/s of 50 "
+                  f"entries, more than the {fp['rate_limit']}/s budget: no polling scheme can announce every "
+                  f"change in time at this size; the row shows what the daemon does instead.")
+        if r["reader_lag_max_s"] > 0.5:
+            print(f"  NOTE {tag}: lines reached the benchmark up to {r['reader_lag_max_s']:.2f} s after the "
+                  "event's time field: the reader, not the daemon, was late.")
+    print()
+
+
+def print_report(m, reps, p, vs, quick, src, fresh=None):
     def row(label, value):
         print(f"  {label:<48} {value}")
 
     n = len(reps)
+    only = "" if p["sections"] == list(SECTIONS) else f", only {', '.join(p['sections'])}"
     print()
-    print(f"sessionwatch benchmark ({'quick' if quick else 'full'}: {n} repetition(s), medians) "
+    print(f"sessionwatch benchmark ({'quick' if quick else 'full'}{only}: {n} repetition(s), medians) "
           f"on {os.cpu_count()} CPUs, Release build")
     if src.get("commit"):
         mod = f", {len(src['modified'])} modified file(s) under daemon/ or tests/apisim/" if src.get("modified") else ""
         print(f"source: {src['commit']}{mod}")
     print()
-    for c in p["connections"]:
+    for c in p["connections"] if "cpu_ratio_c64" in m else ():
         w, d = m[f"wrk_c{c}"], m[f"daemon_c{c}"]
         print(f"Saturated, {c} connections, {p['sat_seconds']} s runs against nginx:")
         row("ceiling: wrk -t1 requests/s", f"{w['requests_per_s']:,.0f}")
@@ -856,6 +1377,34 @@ def print_report(m, reps, p, vs, quick, src):
         row("other processes' load, cores (wrk / daemon run)",
             f"{w['other_load_cores']:.2f} / {d['other_load_cores']:.2f}")
         print()
+    if "realistic" in m:
+        print_realistic(m, p)
+    if "memory" in m:
+        print_memory(m)
+    if "latency" in m:
+        print_latency(m, p)
+    if fresh is not None:
+        print_freshness(fresh, p["fresh"])
+    sat = [rep[k]["other_load_cores"] for rep in reps for k in rep if k.startswith(("wrk_", "daemon_"))]
+    worst = max(sat) if sat else 0
+    if worst > 0.1:
+        print(f"NOTE: other processes kept up to {worst:.2f} cores busy during a saturated run: "
+              "absolute figures read low and ratios are less reliable; rerun on an idle machine.")
+        print()
+    if vs:
+        print("Targets:")
+        print(f"  {'target':<50} {'measured':>10} {'limit':>12} {'ratio':>7}  verdict")
+        for v in vs:
+            fmt = v["fmt"]
+            print(f"  {v['target']:<50} {fmt.format(v['value']):>10} {v['op'] + ' ' + fmt.format(v['limit']):>12} "
+                  f"{v['ratio']:>7.2f}  {'ok' if v['ok'] else 'MISS'}")
+        print()
+
+
+def print_realistic(m, p):
+    def row(label, value):
+        print(f"  {label:<48} {value}")
+
     r = m["realistic"]
     print(f"Realistic: {r['sessions']:,} sessions at {r['interval_s']} s against apisim, "
           f"{p['real_window_s']} s window:")
@@ -865,6 +1414,12 @@ def print_report(m, reps, p, vs, quick, src):
     row("errors (non-ok polls, whole run)", f"{r['errors']}")
     row("transitions seen", f"{r['transitions']:,}")
     print()
+
+
+def print_memory(m):
+    def row(label, value):
+        print(f"  {label:<48} {value}")
+
     mm = m["memory"]
     print(f"Memory and start-up, interval 1h against nginx:")
     row("RSS with 0 sessions", f"{mm['rss_0'] / 2**20:.1f} MiB")
@@ -873,6 +1428,12 @@ def print_report(m, reps, p, vs, quick, src):
     row("bytes per session (settled RSS)", f"{mm['bytes_per_session']:.0f}")
     row(f"exec to READY=1 with {mm['sessions']:,} sessions (config only)", f"{mm['startup_s']:.2f} s")
     print()
+
+
+def print_latency(m, p):
+    def row(label, value):
+        print(f"  {label:<48} {value}")
+
     lat = m["latency"]
     print(f"Latency: {lat['sessions']:,} sessions changing every {p['lat_step'][0]}-{p['lat_step'][1]} s, "
           f"polled every {p['lat_interval_ms']} ms, events to a file:")
@@ -881,18 +1442,17 @@ def print_report(m, reps, p, vs, quick, src):
     row("response done -> event written, p99 <=", f"{lat['latency_p99_us']:.0f} us")
     row("errors", f"{lat['errors']}")
     print()
-    worst = max(rep[k]["other_load_cores"] for rep in reps for k in rep if k.startswith(("wrk_", "daemon_")))
-    if worst > 0.1:
-        print(f"NOTE: other processes kept up to {worst:.2f} cores busy during a saturated run: "
-              "absolute figures read low and ratios are less reliable; rerun on an idle machine.")
-        print()
-    print("Targets:")
-    print(f"  {'target':<50} {'measured':>10} {'limit':>12} {'ratio':>7}  verdict")
-    for v in vs:
-        fmt = v["fmt"]
-        print(f"  {v['target']:<50} {fmt.format(v['value']):>10} {v['op'] + ' ' + fmt.format(v['limit']):>12} "
-              f"{v['ratio']:>7.2f}  {'ok' if v['ok'] else 'MISS'}")
-    print()
+
+
+def json_safe(v):
+    """Infinite delays (changes missed) as the string "missed": JSON has no infinity."""
+    if isinstance(v, float) and math.isinf(v):
+        return "missed"
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def busy_cores(seconds=1.0):
@@ -947,7 +1507,13 @@ def main():
     ap.add_argument("--build", default=os.path.join(TOP, "build-bench"))
     ap.add_argument("--quick", action="store_true", help="one repetition, fewer sessions, shorter runs")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3; --quick: 1)")
-    ap.add_argument("--json", default=os.path.join(TOP, "bench-results.json"))
+    ap.add_argument("--json", help="where the results go (default bench-results.json at the top; with --only, "
+                                   "bench-results-SECTION[-SECTION...].json in the build folder)")
+    ap.add_argument("--only", metavar="SECTION[,SECTION...]",
+                    help="run only these sections: " + ", ".join(SECTIONS) + " (saturated includes the wrk ceiling)")
+    ap.add_argument("--freshness-sessions", metavar="N[,N...]",
+                    help="the session counts of the freshness rows (default 1000,10000,100000,1000000; "
+                         "--quick: 1000,10000)")
     ap.add_argument("--wait-idle", type=float, metavar="SECONDS",
                     help="before each measured pair, wait up to this long for other processes to leave the "
                          "CPUs idle (default 30; --quick: 0)")
@@ -958,6 +1524,26 @@ def main():
     args = ap.parse_args()
     if args.reps < 1:
         ap.error("--reps must be at least 1")
+    if args.only:
+        only = [x.strip() for x in args.only.split(",") if x.strip()]
+        bad = [x for x in only if x not in SECTIONS]
+        if bad or not only:
+            ap.error(f"--only: unknown section {', '.join(bad) or '(none)'}; expected some of {', '.join(SECTIONS)}")
+        args.only = [x for x in SECTIONS if x in only]
+    else:
+        args.only = list(SECTIONS)
+    if args.json is None:
+        if args.only == list(SECTIONS):
+            args.json = os.path.join(TOP, "bench-results.json")
+        else:  # a partial run does not replace the full results
+            args.json = os.path.join(args.build, "bench-results-" + "-".join(args.only) + ".json")
+    if args.freshness_sessions:
+        try:
+            args.freshness_sessions = [int(x.replace("_", "")) for x in args.freshness_sessions.split(",")]
+            if min(args.freshness_sessions) < 1:
+                raise ValueError
+        except ValueError:
+            ap.error("--freshness-sessions: expected positive integers separated by commas")
 
     # Explicitly, also when started in the background with SIGINT ignored:
     # whatever stops us must stop the children first.
@@ -981,10 +1567,10 @@ def main():
             bench.prepare()
             bench.profile(args.profile, os.path.join(args.build, "perf.data"))
             return 0
-        reps = bench.run()
-        m = median_tree(reps)
+        reps, fresh = bench.run()
+        m = median_tree(reps) if reps else {}
         vs = verdicts(m, bench.p)
-        print_report(m, reps, bench.p, vs, args.quick, bench.source)
+        print_report(m, reps, bench.p, vs, args.quick, bench.source, fresh)
         result = {
             "mode": "quick" if args.quick else "full",
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -993,14 +1579,21 @@ def main():
             "busy_cores_before": busy,
             "load_average_after": os.getloadavg(),
             "parameters": bench.p,
-            "targets": [{k: v[k] for k in ("target", "value", "op", "limit", "ratio", "ok")} for v in vs],
+            "targets": [{k: v[k] for k in ("target", "value", "op", "limit", "ratio", "ok")} for v in vs]
+            + [{"target": f"freshness {r['sessions']:,} auto: {v['target']}",
+                **{k: v[k] for k in ("value", "op", "limit", "ok")}}
+               for r in fresh or () for v in r["verdicts"] or ()],
             "median": m,
             "repetitions": reps,
+            "freshness": None if fresh is None else [
+                dict(r, verdicts=None if r["verdicts"] is None else
+                     [{k: v[k] for k in ("target", "value", "op", "limit", "ok")} for v in r["verdicts"]])
+                for r in fresh],
             "elapsed_s": time.monotonic() - t0,
         }
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(json_safe(result), f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, args.json)
         log(f"done in {time.monotonic() - t0:.0f} s; results in {os.path.relpath(args.json)}")

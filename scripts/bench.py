@@ -1011,7 +1011,7 @@ backfill = no
                 elif t < t1 and i > 0:
                     # How long the status lasted (None: it still holds).
                     lasted = steps[i + 1][0] - t if i + 1 < len(steps) else None
-                    changes.append((t, sid, status, lasted))
+                    changes.append((t, sid, status, lasted, t - steps[i - 1][0]))
             if last is not None and last not in terminal:
                 running0 += 1
         changes.sort()
@@ -1019,8 +1019,10 @@ backfill = no
         # A status that held for less than one interval may be replaced
         # before any poll or sweep looks: such changes are counted apart.
         held = held_announced = 0
-        for t, sid, status, lasted in changes:
-            holds = lasted is None or lasted >= interval
+        for t, sid, status, lasted, before in changes:
+            # ... and so can the status it replaces: Active, Waiting for
+            # 2 s, Active again is no change to a request every interval.
+            holds = (lasted is None or lasted >= interval) and before >= interval
             held += holds
             us = round(t * 1e6)
             ev = None
@@ -1035,7 +1037,7 @@ backfill = no
             else:
                 if ev:
                     late += 1
-                elif lasted is not None and lasted < interval:
+                elif not holds:
                     short += 1
                 missing.append({"session": sid, "status": status, "at_s": round(t - t0, 3),
                                 "late_s": round(ev[0] - t, 3) if ev else None,
@@ -1069,7 +1071,7 @@ backfill = no
             "held_announced_ratio": held_announced / held if held else 1.0,
             "missing": len(missing),
             "missing_late": late,
-            "missing_short_lived": short,  # not announced at all, and lasted less than an interval
+            "missing_short_lived": short,  # not announced at all, from or to a status held less than an interval
             "missing_examples": missing[:200],
             "delay_p50_s": nearest_rank(ranked, 0.50),
             "delay_p95_s": nearest_rank(ranked, 0.95),
@@ -1316,8 +1318,8 @@ def print_freshness(rows, fp):
     print(f"  targets (auto rows): p95 <= {fp['interval_s'] + FRESH_TARGETS['p95_over_interval_s']:g} s, "
           f"every change whose status held for an interval announced (held), requests/s <= {fp['rate_limit']} (the budget), "
           f"CPU <= {FRESH_TARGETS['cpu_share']:.0%} of one core")
-    print("  announced: of every change in the window; held: of the changes whose status then held for at least "
-          "one interval (a shorter one can be replaced before any request looks)")
+    print("  announced: of every change in the window; held: of the changes between two statuses that each held "
+          "for at least one interval (a shorter one can be replaced before any request looks)")
     print("  from: the window's start after apisim's; running: sessions not finished then; req/s: apisim's "
           "counters over the window; behind: sessionwatch_schedule_behind_seconds at its end")
     for r in rows:
@@ -1329,7 +1331,7 @@ def print_freshness(rows, fp):
         if r["missing"]:
             never = r["missing"] - r["missing_late"]
             what = (f"{r['missing_late']:,} announced later than {dl} s, {never:,} not at all, "
-                    f"{r['missing_short_lived']:,} of which lasted less than one interval")
+                    f"{r['missing_short_lived']:,} of which from or to a status that held less than one interval")
             if r["mode"] == "auto" or r["missing"] <= 5:
                 ex = ", ".join(f"{e['session']} {e['status']} at +{e['at_s']:.1f} s"
                                + (f" (line after {e['late_s']:.1f} s)" if e["late_s"] is not None else

@@ -674,7 +674,7 @@ static void dispatch(Daemon *d)
                     !(rec->coverage & SESSION_COV_SUSPECT) && (rec->flags & SESSION_SEEN)) {
                         /* Covered since it was planned: its sweeps poll it
                          * now, this is only its audit. */
-                        scheduler_complete(&d->sched);
+                        scheduler_cancel(&d->sched);
                         coverage_reschedule(d, i);
                         continue;
                 }

@@ -354,3 +354,10 @@ void scheduler_complete(Scheduler *s)
         assert(s->in_flight > 0);
         s->in_flight--;
 }
+
+void scheduler_cancel(Scheduler *s)
+{
+        scheduler_complete(s);
+        if (s->opt.rate_per_sec > 0)
+                s->tokens = s->tokens + 1.0 < s->burst ? s->tokens + 1.0 : s->burst;
+}

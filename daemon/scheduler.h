@@ -115,3 +115,6 @@ uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_m
 
 /* Work counted by scheduler_next() or scheduler_next_work() has completed. */
 void scheduler_complete(Scheduler *s);
+/* Like scheduler_complete(), for work scheduler_next_work() handed out that
+ * made no request after all: its token goes back to the bucket. */
+void scheduler_cancel(Scheduler *s);

@@ -188,7 +188,8 @@ static void test_reschedule(void **state)
 
         /* The root moved later goes down, a leaf moved first (the only due 0) comes up. */
         {
-                SessionIndex root = f.sched.q[SCHEDULER_POLL].heap[0], leaf = f.sched.q[SCHEDULER_POLL].heap[n - 1];
+                SessionIndex root = f.sched.q[SCHEDULER_POLL].heap[0],
+                             leaf = f.sched.q[SCHEDULER_POLL].heap[n - 1];
                 uint64_t wake;
 
                 assert_int_equal(scheduler_schedule(&f.sched, root, UINT64_MAX - 10), 0);
@@ -801,6 +802,37 @@ static void test_set_options(void **state)
 /* Sweeps, polls and audits share one budget: with one token at a time the
  * most weighted-late work goes (sweep x4, poll x2, audit x1), each heap stays
  * a heap, and nothing waits for ever. */
+/* Work handed out that made no request gives its token back: with one token
+ * a second, cancelling lets the next work start at once, completing does
+ * not. */
+static void test_cancel_returns_the_token(void **unused)
+{
+        SchedulerOptions opt = default_options;
+        SchedulerHeap heap;
+        uint64_t wake, late;
+        Fixture f;
+
+        (void)unused;
+        opt.rate_per_sec = 1;
+        fixture_init(&f, 3, &opt, 1000);
+        for (SessionIndex i = 0; i < 3; i++)
+                assert_int_equal(scheduler_schedule(&f.sched, i, 500 + i), 0);
+        assert_int_equal(scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake), 0);
+        assert_int_equal(f.sched.in_flight, 1);
+        scheduler_cancel(&f.sched);
+        assert_int_equal(f.sched.in_flight, 0);
+        assert_int_equal(scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake), 1);
+        scheduler_complete(&f.sched);
+        assert_int_equal(scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake),
+                         SESSION_INDEX_NONE);
+        assert_true(wake > 1000 && wake <= 2001);
+        /* Never more than the burst. */
+        assert_int_equal(scheduler_next_work(&f.sched, 60000, UINT64_MAX, &heap, &late, &wake), 2);
+        scheduler_cancel(&f.sched);
+        assert_true(f.sched.tokens <= f.sched.burst);
+        fixture_done(&f);
+}
+
 static void test_priorities(void **unused)
 {
         SchedulerOptions opt = default_options;
@@ -897,6 +929,7 @@ int main(void)
             cmocka_unit_test(test_spread),
             cmocka_unit_test(test_set_options),
             cmocka_unit_test(test_priorities),
+            cmocka_unit_test(test_cancel_returns_the_token),
         };
 
         return cmocka_run_group_tests_name("scheduler", tests, NULL, NULL);

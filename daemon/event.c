@@ -10,6 +10,7 @@
 #include <openssl/evp.h>
 
 #include "event.h"
+#include "textsafe.h"
 
 #define ARROW "\xe2\x86\x92" /* U+2192 RIGHTWARDS ARROW */
 
@@ -680,13 +681,13 @@ typedef struct TextOut {
 
 static void text_put(TextOut *t, const char *s, size_t n, bool sanitize)
 {
-        for (size_t i = 0; i < n; i++, t->len++) {
-                char c = s[i];
-
+        for (size_t i = 0; i < n; t->len++) {
                 /* API-provided strings may hold newlines or escape sequences;
                  * on a terminal line they would forge lines or colours. */
-                if (sanitize && ((unsigned char)c < 0x20 || c == 0x7f))
-                        c = '?';
+                size_t unsafe = sanitize ? text_unsafe_len(s + i, n - i) : 0;
+                char c = unsafe > 0 ? '?' : s[i];
+
+                i += unsafe > 0 ? unsafe : 1;
                 if (t->len + 1 < t->size)
                         t->buf[t->len] = c;
         }

@@ -16,8 +16,9 @@
 
 #include <json-c/json.h>
 
-#include "fdio.h"
 #include "control-proto.h"
+#include "fdio.h"
+#include "textsafe.h"
 
 /* The longest reply line taken (a big list page or metrics text). */
 #define REPLY_MAX ((size_t)64 * 1024 * 1024)
@@ -74,7 +75,6 @@ static int connect_unix(const char *path)
         }
         return fd;
 }
-
 
 /* A buffered line reader over a socket. */
 typedef struct LineReader {
@@ -194,6 +194,49 @@ static const char *get_str(json_object *o, const char *key, const char *fallback
         return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : fallback;
 }
 
+/* Human output shows the daemon's text, much of it the API's (ids, names,
+ * statuses, runbooks) or echoed from a request: before any of it reaches a
+ * terminal, every string in the reply is cleaned the way the daemon's own
+ * text lines are (text_sanitize()), so that no newline or escape sequence
+ * can forge a row or a colour. Keys are the daemon's own names. */
+static void sanitize_strings(json_object *o)
+{
+        switch (json_object_get_type(o)) {
+        case json_type_object: {
+                json_object_object_foreach(o, k, v)
+                {
+                        (void)k;
+                        sanitize_strings(v);
+                }
+                break;
+        }
+        case json_type_array:
+                for (size_t k = 0; k < json_object_array_length(o); k++)
+                        sanitize_strings(json_object_array_get_idx(o, k));
+                break;
+        case json_type_string: {
+                const char *v = json_object_get_string(o);
+                size_t n = strlen(v);
+                bool unsafe = n != (size_t)json_object_get_string_len(o);
+                char *copy;
+
+                for (size_t k = 0; k < n && !unsafe; k++)
+                        unsafe = text_unsafe_len(v + k, n - k) > 0;
+                if (!unsafe)
+                        break;
+                /* An embedded NUL ends what is shown. */
+                copy = strdup(v);
+                if (copy) {
+                        json_object_set_string(o, text_sanitize(copy));
+                        free(copy);
+                }
+                break;
+        }
+        default:
+                break;
+        }
+}
+
 /* An error reply: printed (raw with --json), exit 1. */
 static int check_reply(json_object *reply)
 {
@@ -201,13 +244,16 @@ static int check_reply(json_object *reply)
                 return 0;
         if (arg_json)
                 printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN));
+        sanitize_strings(reply);
         fprintf(stderr, "sessionwatchctl: %s (%s)\n", get_str(reply, "message", "request failed"),
                 get_str(reply, "error", "error"));
         return CTL_EXIT_ERROR;
 }
 
+static void print_metrics(json_object *r);
+
 /* Sends `req`, prints the reply raw with --json, hands it to `print`
- * otherwise. */
+ * otherwise (its strings made safe to show, see sanitize_strings()). */
 static int run_simple(json_object *req, void (*print)(json_object *reply))
 {
         json_object *reply = NULL;
@@ -220,8 +266,12 @@ static int run_simple(json_object *req, void (*print)(json_object *reply))
         if (r == 0) {
                 if (arg_json)
                         printf("%s\n", json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN));
-                else
+                else if (print == print_metrics)
                         print(reply);
+                else {
+                        sanitize_strings(reply);
+                        print(reply);
+                }
         }
         json_object_put(reply);
         return r;
@@ -292,13 +342,15 @@ static void print_status(json_object *r)
                 if (cov) {
                         double behind = json_object_get_double(get(cov, "behindSeconds"));
 
-                        print_row("Coverage", "mode %s: %" PRId64 " covered by sweeps of %" PRId64
-                                              " scope(s), %" PRId64 " polled one by one",
-                                  get_str(cov, "mode", "?"), get_int(cov, "covered"), get_int(cov, "sweptScopes"),
-                                  get_int(cov, "polled"));
+                        print_row("Coverage",
+                                  "mode %s: %" PRId64 " covered by sweeps of %" PRId64 " scope(s), %" PRId64
+                                  " polled one by one",
+                                  get_str(cov, "mode", "?"), get_int(cov, "covered"),
+                                  get_int(cov, "sweptScopes"), get_int(cov, "polled"));
                         print_counts_row("Requests", get(cov, "requests"), false);
                         if (behind >= 1)
-                                print_row("Behind", "%.0f s (the request budget does not carry the load)", behind);
+                                print_row("Behind", "%.0f s (the request budget does not carry the load)",
+                                          behind);
                         else
                                 print_row("Behind", "on time");
                 }
@@ -327,11 +379,11 @@ static void print_status(json_object *r)
                 for (size_t j = 0; j < json_object_array_length(hooks); j++) {
                         json_object *h = json_object_array_get_idx(hooks, j);
                         print_row(j == 0 ? "Webhooks" : "",
-                                  "%s: %s, %" PRId64 " queued (oldest %.0f s), %" PRId64 " delivered, %" PRId64
-                                  " dropped",
+                                  "%s: %s, %" PRId64 " queued (oldest %.0f s), %" PRId64
+                                  " delivered, %" PRId64 " dropped",
                                   get_str(h, "name", "?"), get_str(h, "state", "?"), get_int(h, "queued"),
-                                  json_object_get_double(get(h, "oldestAgeSeconds")), get_int(h, "delivered"),
-                                  get_int(h, "dropped"));
+                                  json_object_get_double(get(h, "oldestAgeSeconds")),
+                                  get_int(h, "delivered"), get_int(h, "dropped"));
                 }
 }
 
@@ -339,15 +391,25 @@ static void print_reload(json_object *r)
 {
         printf("Reloaded: %" PRId64 " session(s) added, %" PRId64 " removed, %" PRId64 " watched; %" PRId64
                " webhook(s) added, %" PRId64 " removed.\n",
-               get_int(r, "added"), get_int(r, "removed"), get_int(r, "watched"), get_int(r, "webhooksAdded"),
-               get_int(r, "webhooksRemoved"));
+               get_int(r, "added"), get_int(r, "removed"), get_int(r, "watched"),
+               get_int(r, "webhooksAdded"), get_int(r, "webhooksRemoved"));
         if (get(r, "restartNeeded"))
                 printf("Changes to %s take effect at the next restart.\n", get_str(r, "restartNeeded", "?"));
 }
 
+/* Label values may be the API's text too: each line is cleaned like any
+ * other string, keeping the line ends. */
 static void print_metrics(json_object *r)
 {
-        fputs(get_str(r, "text", ""), stdout);
+        const char *text = get_str(r, "text", "");
+        size_t n = strlen(text);
+
+        for (size_t i = 0; i < n;) {
+                size_t k = text[i] == '\n' ? 0 : text_unsafe_len(text + i, n - i);
+
+                putchar(k > 0 ? '?' : text[i]);
+                i += k > 0 ? k : 1;
+        }
 }
 
 static void print_ids(json_object *r, const char *key, const char *before, const char *after)
@@ -406,7 +468,8 @@ static int cmd_ids(const char *command, int argc, char **argv, void (*print)(jso
                                         json_object_object_add(merged, lists[l], all);
                                 }
                                 for (size_t k = 0; k < json_object_array_length(part); k++)
-                                        json_object_array_add(all, json_object_get(json_object_array_get_idx(part, k)));
+                                        json_object_array_add(
+                                            all, json_object_get(json_object_array_get_idx(part, k)));
                         }
                 else if (from > 0)
                         fprintf(stderr, "sessionwatchctl: the first %d id(s) were taken before this error\n",
@@ -416,8 +479,10 @@ static int cmd_ids(const char *command, int argc, char **argv, void (*print)(jso
         if (r == 0) {
                 if (arg_json)
                         printf("%s\n", json_object_to_json_string_ext(merged, JSON_C_TO_STRING_PLAIN));
-                else
+                else {
+                        sanitize_strings(merged);
                         print(merged);
+                }
         }
         json_object_put(merged);
         return r;
@@ -500,6 +565,7 @@ static int cmd_list(int argc, char **argv)
                 return 0;
         }
 
+        sanitize_strings(all);
         size_t n = json_object_array_length(all), w_id = 2, w_status = 6, w_updated = 7, w_runbook = 7;
         for (size_t k = 0; k < n; k++) {
                 json_object *s = json_object_array_get_idx(all, k);
@@ -525,8 +591,8 @@ static int cmd_list(int argc, char **argv)
                          json_object_get_boolean(get(s, "dynamic")) ? "watch" : "",
                          json_object_get_boolean(get(s, "gone")) ? " (gone)" : "");
                 printf("%-*s  %-*s  %-*s  %-*s  %s\n", (int)w_id, get_str(s, "id", ""), (int)w_status,
-                       get_str(s, "status", "-"), (int)w_updated, get_str(s, "updatedAt", "-"), (int)w_runbook,
-                       get_str(s, "runbook", "-"), src);
+                       get_str(s, "status", "-"), (int)w_updated, get_str(s, "updatedAt", "-"),
+                       (int)w_runbook, get_str(s, "runbook", "-"), src);
         }
         printf("%zu session(s)\n", n);
         json_object_put(all);
@@ -556,7 +622,7 @@ static void print_event_line(json_object *e, bool colour)
         const char *subject = get_str(e, "subject", "?"), *status = get_str(data, "status", NULL),
                    *previous = get_str(data, "previousStatus", NULL), *name = get_str(session, "name", NULL);
         const char *on = colour ? status_colour(status) : "", *off = colour && *on ? "\033[0m" : "";
-        char when[16] = "--:--:--", who[200], st[80], prev[80];
+        char when[16] = "--:--:--", who[200];
         struct tm tm;
         time_t now = time(NULL);
 
@@ -571,26 +637,8 @@ static void print_event_line(json_object *e, bool colour)
         }
         if (localtime_r(&now, &tm))
                 strftime(when, sizeof(when), "%H:%M:%S", &tm);
-        /* Names are the API's text: control characters are not let through. */
+        /* The strings are the API's text, already through sanitize_strings(). */
         snprintf(who, sizeof(who), "%s%s%s%s", subject, name ? " '" : "", name ? name : "", name ? "'" : "");
-        for (char *p = who; *p; p++)
-                if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                        *p = '?';
-        /* Statuses too: a status outside the enum is the API's raw text. */
-        if (status) {
-                snprintf(st, sizeof(st), "%s", status);
-                for (char *p = st; *p; p++)
-                        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                                *p = '?';
-                status = st;
-        }
-        if (previous) {
-                snprintf(prev, sizeof(prev), "%s", previous);
-                for (char *p = prev; *p; p++)
-                        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                                *p = '?';
-                previous = prev;
-        }
         if (strcmp(type, "sessionwatch.session.snapshot") == 0)
                 printf("%s %s is %s%s%s (snapshot)\n", when, who, on, status ? status : "?", off);
         else if (strcmp(type, "sessionwatch.session.gone") == 0)
@@ -602,7 +650,6 @@ static void print_event_line(json_object *e, bool colour)
         else
                 printf("%s %s → %s%s%s (new)\n", when, who, on, status ? status : "?", off);
 }
-
 
 static void on_stop(int sig)
 {
@@ -686,8 +733,10 @@ static int cmd_events(int argc, char **argv)
                         }
                         if (arg_json)
                                 printf("%s\n", line);
-                        else if (e)
+                        else if (e) {
+                                sanitize_strings(e);
                                 print_event_line(e, colour);
+                        }
                         json_object_put(e);
                 }
                 close(fd);

@@ -1,3 +1,4 @@
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "control-proto.h"
 #include "control.h"
 #include "log.h"
+#include "textsafe.h"
 #include "unixsock.h"
 
 /* Past this many reply bytes queued for a client, its requests are not read
@@ -23,6 +25,10 @@
 /* A connection with no request under way is closed after this long
  * without a byte: idle connections must not keep the slots from others. */
 #define CLIENT_IDLE_MS 30000
+/* Nesting a request may have; json-c refuses deeper text anyway. */
+#define REQUEST_DEPTH_MAX JSON_TOKENER_DEFAULT_DEPTH
+/* A duplicate key as a message shows it: 64 bytes, escaped. */
+#define QUOTED_KEY_MAX (64 * 4 + 4)
 
 typedef struct ControlClient {
         ControlServer *server;
@@ -180,6 +186,7 @@ static void on_reply_written(uv_write_t *req, int status)
 
 static void send_reply(ControlClient *c, json_object *reply)
 {
+        char *valid = NULL;
         const char *text;
         size_t n = 0;
         ControlWrite *w;
@@ -194,8 +201,22 @@ static void send_reply(ControlClient *c, json_object *reply)
                 client_close(c);
                 return;
         }
+        /* json-c writes a string's bytes as they are. Requests are checked,
+         * but a reply may still carry bytes from elsewhere (a file name, a
+         * message cut short): clients must always get UTF-8. Outside strings
+         * the text is ASCII, so replacing bad bytes keeps it JSON. */
+        if (!utf8_is_valid(text, n)) {
+                valid = utf8_make_valid(text, n, &n);
+                if (!valid) {
+                        json_object_put(reply);
+                        client_close(c);
+                        return;
+                }
+                text = valid;
+        }
         w = malloc(sizeof(*w) + n + 1);
         if (!w) {
+                free(valid);
                 json_object_put(reply);
                 client_close(c);
                 return;
@@ -203,6 +224,7 @@ static void send_reply(ControlClient *c, json_object *reply)
         w->client = c;
         memcpy(w->data, text, n);
         w->data[n] = '\n';
+        free(valid);
         json_object_put(reply);
         b = uv_buf_init(w->data, (unsigned)(n + 1));
         if (client_queued(c) == 0) {
@@ -272,40 +294,172 @@ static void client_load_peer(ControlClient *c)
                 c->n_groups = len / sizeof(gid_t);
 }
 
-static json_object *handle_line(ControlClient *c, const char *line, size_t n)
+/* The key of the JSON string at s[0..n) (quotes included), decoded,
+ * malloc'd; NULL when out of memory. Only keys with an escape need json-c. */
+static char *request_key(const char *s, size_t n)
 {
-        ControlServer *s = c->server;
         json_tokener *tok;
-        json_object *req, *v, *reply;
-        const char *name;
-        const ControlCommand *cmd;
+        json_object *o;
+        char *key;
 
+        if (!memchr(s, '\\', n))
+                return strndup(s + 1, n - 2);
         tok = json_tokener_new();
         if (!tok)
                 return NULL;
-        req = json_tokener_parse_ex(tok, line, (int)n);
-        if (!req || json_tokener_get_parse_end(tok) < n) {
-                /* Trailing text after the object counts as malformed too. */
-                size_t end = req ? json_tokener_get_parse_end(tok) : 0;
-                bool only_blanks = req != NULL;
+        o = json_tokener_parse_ex(tok, s, (int)n);
+        json_tokener_free(tok);
+        key = json_object_is_type(o, json_type_string) ? strdup(json_object_get_string(o)) : strdup("");
+        json_object_put(o);
+        return key;
+}
 
-                for (size_t k = end; req && k < n; k++)
-                        if (line[k] != ' ' && line[k] != '\t' && line[k] != '\r')
-                                only_blanks = false;
-                if (!only_blanks) {
-                        const char *why = req ? "text after the JSON object"
-                                              : json_tokener_error_desc(json_tokener_get_error(tok));
-                        json_object_put(req);
-                        json_tokener_free(tok);
-                        return control_reply_error(CONTROL_ERROR_BAD_JSON,
-                                                   "The request is not valid JSON: %s.", why);
+/* Finds a key that appears twice in one object of the request, which json-c
+ * would silently take the last of: {"command":"status","command":"reload"}
+ * must not run either. Runs on text json-c has parsed, so the grammar is
+ * known to be right. Returns 0, -EEXIST with the key (decoded, cut and
+ * escaped) in `dup`, or -ENOMEM. */
+static int request_find_duplicate_key(const char *line, size_t n, char *dup, size_t dup_size)
+{
+        json_object *keys[REQUEST_DEPTH_MAX + 1] = {}; /* per open object: the keys seen; NULL in an array */
+        bool want_key[REQUEST_DEPTH_MAX + 1] = {};
+        int depth = -1, r = 0;
+
+        for (size_t i = 0; i < n && r == 0; i++) {
+                switch (line[i]) {
+                case '{':
+                case '[':
+                        if (depth + 1 > REQUEST_DEPTH_MAX) {
+                                r = -E2BIG;
+                                break;
+                        }
+                        depth++;
+                        keys[depth] = line[i] == '{' ? json_object_new_object() : NULL;
+                        want_key[depth] = line[i] == '{';
+                        if (line[i] == '{' && !keys[depth])
+                                r = -ENOMEM;
+                        break;
+                case '}':
+                case ']':
+                        if (depth >= 0) {
+                                json_object_put(keys[depth]);
+                                keys[depth--] = NULL;
+                        }
+                        break;
+                case ',':
+                        if (depth >= 0 && keys[depth])
+                                want_key[depth] = true;
+                        break;
+                case '"': {
+                        size_t start = i;
+                        char *key;
+
+                        for (i++; i < n && line[i] != '"'; i++)
+                                if (line[i] == '\\')
+                                        i++;
+                        if (depth < 0 || !keys[depth] || !want_key[depth])
+                                break;
+                        want_key[depth] = false;
+                        key = request_key(line + start, i + 1 - start);
+                        if (!key) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        if (json_object_object_get_ex(keys[depth], key, NULL)) {
+                                text_escape(key, 64, dup, dup_size);
+                                r = -EEXIST;
+                        } else if (json_object_object_add(keys[depth], key, NULL) < 0)
+                                r = -ENOMEM;
+                        free(key);
+                        break;
+                }
+                default:
+                        break;
                 }
         }
+        for (; depth >= 0; depth--)
+                json_object_put(keys[depth]);
+        return r == -E2BIG ? 0 : r;
+}
+
+int control_parse_request(const char *line, size_t n, json_object **ret, char *reason, size_t reason_size)
+{
+        json_tokener *tok;
+        json_object *req;
+        char dup[QUOTED_KEY_MAX];
+        size_t end;
+        int r;
+
+        assert(line || n == 0);
+        assert(ret);
+        assert(reason && reason_size > 0);
+
+        *ret = NULL;
+        /* json-c takes any bytes in a string, and a reply that repeats them
+         * would not be UTF-8 either. */
+        for (size_t i = 0; i < n;) {
+                size_t k = utf8_char_len(line + i, n - i);
+
+                if (k == 0) {
+                        snprintf(reason, reason_size, "The request is not valid UTF-8 (byte %zu).", i + 1);
+                        return -EINVAL;
+                }
+                i += k;
+        }
+
+        tok = json_tokener_new();
+        if (!tok)
+                return -ENOMEM;
+        req = json_tokener_parse_ex(tok, line, (int)n);
+        end = req ? json_tokener_get_parse_end(tok) : 0;
+        if (!req) {
+                snprintf(reason, reason_size, "The request is not valid JSON: %s.",
+                         json_tokener_error_desc(json_tokener_get_error(tok)));
+                json_tokener_free(tok);
+                return -EINVAL;
+        }
         json_tokener_free(tok);
+        /* Trailing text after the object counts as malformed too. */
+        for (size_t k = end; k < n; k++)
+                if (line[k] != ' ' && line[k] != '\t' && line[k] != '\r') {
+                        json_object_put(req);
+                        snprintf(reason, reason_size,
+                                 "The request is not valid JSON: text after the JSON object.");
+                        return -EINVAL;
+                }
         if (!json_object_is_type(req, json_type_object)) {
                 json_object_put(req);
-                return control_reply_error(CONTROL_ERROR_BAD_JSON, "The request must be a JSON object.");
+                snprintf(reason, reason_size, "The request must be a JSON object.");
+                return -EINVAL;
         }
+        r = request_find_duplicate_key(line, end, dup, sizeof(dup));
+        if (r < 0) {
+                json_object_put(req);
+                if (r == -EEXIST) {
+                        snprintf(reason, reason_size,
+                                 "The request has the key '%s' twice (a duplicate key).", dup);
+                        return -EINVAL;
+                }
+                return r;
+        }
+        *ret = req;
+        return 0;
+}
+
+static json_object *handle_line(ControlClient *c, const char *line, size_t n)
+{
+        ControlServer *s = c->server;
+        json_object *req, *v, *reply;
+        const char *name;
+        const ControlCommand *cmd;
+        char why[256];
+        int r;
+
+        r = control_parse_request(line, n, &req, why, sizeof(why));
+        if (r == -EINVAL)
+                return control_reply_error(CONTROL_ERROR_BAD_JSON, "%s", why);
+        if (r < 0)
+                return NULL;
         if (!json_object_object_get_ex(req, "command", &v) || !json_object_is_type(v, json_type_string)) {
                 json_object_put(req);
                 return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
@@ -318,11 +472,9 @@ static json_object *handle_line(ControlClient *c, const char *line, size_t n)
         if (!cmd->name) {
                 char shown[80];
 
-                /* The name is the peer's text: shown cut and without control characters. */
-                snprintf(shown, sizeof(shown), "%s", name);
-                for (char *p = shown; *p; p++)
-                        if ((unsigned char)*p < 0x20)
-                                *p = '?';
+                /* The name is the peer's text: shown cut (at a character)
+                 * and with control characters escaped. */
+                text_escape(name, 64, shown, sizeof(shown));
                 reply = control_reply_error(CONTROL_ERROR_UNKNOWN_COMMAND, "Unknown command '%s'.", shown);
         } else if (cmd->mutating &&
                    (!c->peer_known || !control_peer_allowed(c->uid, c->gid, c->groups, c->n_groups,

@@ -46,6 +46,12 @@ unsigned control_connections(const ControlServer *c);
 
 /* {"ok": true}, to which the handler adds its members. */
 json_object *control_reply_ok(void);
+/* Parses one request line (without its newline): well-formed UTF-8, one
+ * JSON object with no key twice in any object, then blanks at most. Returns
+ * 0 with the object in *ret, -EINVAL with a message for the peer in
+ * reason (ending in a full stop), or -ENOMEM. Pure: no loop, no logging. */
+int control_parse_request(const char *line, size_t n, json_object **ret, char *reason, size_t reason_size);
+
 /* {"ok": false, "error": code, "message": printf(...)}. */
 json_object *control_reply_error(const char *code, const char *format, ...)
     __attribute__((format(printf, 2, 3)));

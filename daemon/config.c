@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "textsafe.h"
 #include "webhook.h"
 
 /* Debian's inih turns the size of its line buffer into a run-time setting
@@ -31,6 +33,8 @@ extern int ini_max_line;
 #define SECRET_MAX ((size_t)64 * 1024)
 #define DURATION_MAX ((uint64_t)365 * 24 * 3600 * 1000)
 #define QUOTE_MAX 200
+/* A quote() of QUOTE_MAX bytes, each possibly shown as \xNN, and "...". */
+#define QUOTE_SIZE (QUOTE_MAX * 4 + 4)
 #define KEYS_MAX 16
 #define ERRORS_MAX 20
 
@@ -105,6 +109,9 @@ struct Parser {
         char *errbuf;
         size_t errlen, errpos;
         unsigned n_errors;
+        unsigned flags; /* CONFIG_LOAD_* */
+        char *warnbuf;
+        size_t warnlen, warnpos;
         int fatal;         /* -ENOMEM: stop reading */
         bool key_file_bad; /* key-file had a bad value, already reported */
 };
@@ -112,19 +119,13 @@ struct Parser {
 static void add_error(Parser *p, unsigned line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void set_reason(Parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Messages quote user strings; a copy with control characters replaced and
- * the length capped keeps a hostile or broken file from garbling a log line. */
-static const char *quote(const char *s, char buf[static QUOTE_MAX + 4])
+/* Messages quote user strings; a copy with control characters and bytes
+ * that are not UTF-8 shown as \xNN, and the length capped, keeps a hostile
+ * or broken file from garbling a terminal or a log line, and still says
+ * which bytes are at fault. */
+static const char *quote(const char *s, char buf[static QUOTE_SIZE])
 {
-        size_t i;
-
-        for (i = 0; s[i] && i < QUOTE_MAX; i++)
-                buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-        if (s[i])
-                memcpy(buf + i, "...", 4);
-        else
-                buf[i] = '\0';
-        return buf;
+        return text_escape(s, QUOTE_MAX, buf, QUOTE_SIZE);
 }
 
 static void append_message(Parser *p, unsigned line, const char *msg)
@@ -145,6 +146,34 @@ static void append_message(Parser *p, unsigned line, const char *msg)
         p->errpos += (size_t)n;
         if (p->errpos >= p->errlen)
                 p->errpos = p->errlen - 1;
+}
+
+/* A warning: "FILE:LINE: warning: ..." in the warnings buffer, when there
+ * is one; it does not make the file bad. */
+static void add_warning(Parser *p, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void add_warning(Parser *p, unsigned line, const char *fmt, ...)
+{
+        char msg[1024], head[32];
+        va_list ap;
+        int n;
+
+        if (!p->warnbuf || p->warnpos + 1 >= p->warnlen)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        if (line > 0)
+                snprintf(head, sizeof(head), ":%u: ", line);
+        else
+                snprintf(head, sizeof(head), ": ");
+        n = snprintf(p->warnbuf + p->warnpos, p->warnlen - p->warnpos, "%s%s%swarning: %s",
+                     p->warnpos > 0 ? "\n" : "", p->path, head, msg);
+        if (n < 0)
+                return;
+        p->warnpos += (size_t)n;
+        if (p->warnpos >= p->warnlen)
+                p->warnpos = p->warnlen - 1;
 }
 
 /* Reports one problem. Past ERRORS_MAX they are only counted: a file that is
@@ -267,6 +296,15 @@ static const char *format_size(uint64_t bytes, char buf[static 32])
 
 /* Reads a decimal integer at *s, advancing *s. Returns -EINVAL without a
  * digit, -ERANGE on overflow. No sign: strtoull() would take "-1". */
+/* Whether s is digits only, up to a character in `end` or the NUL: a number,
+ * even when too large for parse_digits(). */
+static bool only_digits(const char *s, const char *end)
+{
+        size_t n = strspn(s, "0123456789");
+
+        return n > 0 && (s[n] == '\0' || (end && strchr(end, s[n])));
+}
+
 static int parse_digits(const char **s, uint64_t *ret)
 {
         uint64_t v = 0;
@@ -516,7 +554,7 @@ void config_env_from_environ(ConfigEnv *ret)
 
 int config_read_secret(const char *path, char **ret, char *errbuf, size_t errlen)
 {
-        char q[QUOTE_MAX + 4], *buf = NULL, *start, *end, *s;
+        char q[QUOTE_SIZE], *buf = NULL, *start, *end, *s;
         const char *why = NULL;
         size_t n = 0;
         struct stat st;
@@ -735,9 +773,16 @@ static int check_duration_range(Parser *p, const Key *k, uint64_t v)
 static int parse_duration_key(Parser *p, const Key *k, const char *value, void *field)
 {
         const char *reason;
+        char b[32];
         uint64_t v = 0;
+        int r;
 
-        if (value && duration_parse(value, &v, &reason) < 0) {
+        r = value ? duration_parse(value, &v, &reason) : 0;
+        if (r == -ERANGE) {
+                set_reason(p, "%s (at most %s)", reason, format_duration(k->max, b));
+                return -EINVAL;
+        }
+        if (r < 0) {
                 set_reason(p, "%s", reason);
                 return -EINVAL;
         }
@@ -760,8 +805,14 @@ static int parse_size_key(Parser *p, const Key *k, const char *value, void *fiel
         const char *reason;
         char a[32], b[32];
         uint64_t v = 0;
+        int r;
 
-        if (value && size_parse(value, &v, &reason) < 0) {
+        r = value ? size_parse(value, &v, &reason) : 0;
+        if (r == -ERANGE) {
+                set_reason(p, "%s (at most %s)", reason, format_size(k->max, b));
+                return -EINVAL;
+        }
+        if (r < 0) {
                 set_reason(p, "%s", reason);
                 return -EINVAL;
         }
@@ -779,7 +830,10 @@ static int parse_number(Parser *p, const Key *k, const char *value, uint64_t *re
         uint64_t v = 0;
 
         if (value && (parse_digits(&s, &v) < 0 || *s != '\0')) {
-                set_reason(p, "not a number");
+                if (only_digits(value, NULL))
+                        set_reason(p, "number too large (at most %" PRIu64 ")", k->max);
+                else
+                        set_reason(p, "not a number");
                 return -EINVAL;
         }
         if (v < k->min || v > k->max) {
@@ -832,7 +886,12 @@ static int parse_percent(Parser *p, const Key *k, const char *value, void *field
 
         if (value) {
                 if (parse_digits(&s, &v) < 0 || (*s == '%' ? s[1] != '\0' : *s != '\0')) {
-                        set_reason(p, "not a percentage (e.g. 10%%)");
+                        size_t d = strspn(value, "0123456789");
+
+                        if (d > 0 && strcmp(value + d, value[d] ? "%" : "") == 0)
+                                set_reason(p, "number too large (at most 100%%)");
+                        else
+                                set_reason(p, "not a percentage (e.g. 10%%)");
                         return -EINVAL;
                 }
                 if (v > 100) {
@@ -852,7 +911,11 @@ static int parse_rate(Parser *p, const Key *k, const char *value, void *field)
         uint64_t n = 0;
 
         if (value && strcmp(value, "off") != 0 && strcmp(value, "0") != 0) {
-                if (parse_digits(&s, &n) < 0)
+                if (parse_digits(&s, &n) == -ERANGE && only_digits(value, " \t/")) {
+                        set_reason(p, "the count is too large (at most 1000000)");
+                        return -EINVAL;
+                }
+                if (s == value)
                         goto bad;
                 while (is_blank(*s))
                         s++;
@@ -890,7 +953,7 @@ static int parse_statuses(Parser *p, const Key *k, const char *value, void *fiel
                 return 0;
         }
         if (status_mask_parse(value, field, &bad, &bad_len) < 0) {
-                char q[QUOTE_MAX + 4], w[QUOTE_MAX + 1];
+                char q[QUOTE_SIZE], w[QUOTE_MAX + 1];
 
                 snprintf(w, sizeof(w), "%.*s", (int)(bad_len < QUOTE_MAX ? bad_len : QUOTE_MAX), bad);
                 set_reason(p,
@@ -950,8 +1013,12 @@ static int parse_mode(Parser *p, const Key *k, const char *value, void *field)
         assert(value); /* Both mode keys have a default. */
 
         for (i = 0; value[i]; i++) {
-                if (value[i] < '0' || value[i] > '7' || i >= 4) {
+                if (value[i] < '0' || value[i] > '7') {
                         set_reason(p, "not an octal mode (e.g. 0660)");
+                        return -EINVAL;
+                }
+                if (i >= 4) {
+                        set_reason(p, "too large: only permission bits (at most 0777) are allowed");
                         return -EINVAL;
                 }
                 v = v * 8 + (unsigned)(value[i] - '0');
@@ -997,8 +1064,10 @@ static int parse_listen(Parser *p, const Key *k, const char *value, void *field)
         ConfigMetrics *m = field;
         char *listen = NULL, *host = NULL;
         const char *port_s;
-        uint64_t port;
+        uint64_t port = 0;
         size_t host_len;
+        bool digits;
+        int r;
 
         if (value) {
                 const char *colon;
@@ -1042,7 +1111,14 @@ static int parse_listen(Parser *p, const Key *k, const char *value, void *field)
                         }
                         port_s = colon + 1;
                 }
-                if (parse_digits(&port_s, &port) < 0 || *port_s != '\0' || port < 1 || port > 65535) {
+                digits = only_digits(port_s, NULL);
+                r = parse_digits(&port_s, &port);
+                if (digits && (r == -ERANGE || port > 65535)) {
+                        free(host);
+                        set_reason(p, "the port is too large (at most 65535)");
+                        return -EINVAL;
+                }
+                if (r < 0 || *port_s != '\0' || port < 1 || port > 65535) {
                         free(host);
                         set_reason(p, "the port must be a number between 1 and 65535");
                         return -EINVAL;
@@ -1088,7 +1164,7 @@ static int parse_id_list(Parser *p, const char *what, const char *value, char **
                 for (len = 0; w[len] && !is_blank(w[len]); len++)
                         ;
                 if (!id_valid_n(w, len)) {
-                        char q[QUOTE_MAX + 4], word[QUOTE_MAX + 1];
+                        char q[QUOTE_SIZE], word[QUOTE_MAX + 1];
 
                         snprintf(word, sizeof(word), "%.*s", (int)(len < QUOTE_MAX ? len : QUOTE_MAX), w);
                         add_error(
@@ -1148,7 +1224,7 @@ static int parse_secret_file(Parser *p, const Key *k, const char *value, void *f
                 /* The key is decoded again when the sink starts; checking it
                  * here makes --check-config catch a mangled secret. */
                 WebhookKey key;
-                char q[QUOTE_MAX + 4];
+                char q[QUOTE_SIZE];
                 bool ok = webhook_key_from_secret(secret, &key) == 0;
 
                 explicit_bzero(&key, sizeof(key));
@@ -1312,7 +1388,7 @@ static unsigned *section_seen(Parser *p)
 static int on_ini_key(void *userdata, const char *section, const char *name, const char *value)
 {
         Parser *p = userdata;
-        char q[QUOTE_MAX + 4], q2[QUOTE_MAX + 4], where[128];
+        char q[QUOTE_SIZE], q2[QUOTE_SIZE], where[128];
         const SectionInfo *s;
         const Key *k = NULL;
         unsigned *seen;
@@ -1426,7 +1502,7 @@ static int open_webhook(Parser *p, const char *name, size_t len)
 /* A "[...]" line: sets the section the following keys belong to. */
 static int open_section(Parser *p, const char *line, size_t len)
 {
-        char q[QUOTE_MAX + 4], name[256];
+        char q[QUOTE_SIZE], name[256];
         size_t end, rest, a, b;
 
         end = find_chars_or_comment(line + 1, len - 1, ']', ']') + 1;
@@ -1639,14 +1715,19 @@ static int apply_env(Parser *p, const ConfigEnv *env)
             {CFG(state.path), "", SECTION_STATE, false},
         };
         Config *c = p->config;
-        char q[QUOTE_MAX + 4];
+        char q[QUOTE_SIZE];
         int r;
 
         if (!c->api.key_file) {
                 r = env_path(env ? env->credentials_directory : NULL, "/api-key", &c->api.key_file);
                 if (r < 0)
                         return r;
-                if (!c->api.key_file && !p->key_file_bad)
+                if (!c->api.key_file && !p->key_file_bad && (p->flags & CONFIG_LOAD_KEY_OPTIONAL))
+                        add_warning(p, 0,
+                                    "No API key: set 'key-file' in section '[api]', or start with "
+                                    "LoadCredential=api-key:PATH so that $CREDENTIALS_DIRECTORY is set; "
+                                    "the daemon will not start without one");
+                else if (!c->api.key_file && !p->key_file_bad)
                         add_error(p, 0,
                                   "No API key: set 'key-file' in section '[api]', or start with "
                                   "LoadCredential=api-key:PATH so that $CREDENTIALS_DIRECTORY is set");
@@ -1703,16 +1784,100 @@ static void read_api_key(Parser *p)
         r = config_read_secret(c->api.key_file, &c->api.api_key, err, sizeof(err));
         if (r == -ENOMEM)
                 p->fatal = r;
+        else if (r == -ENOENT && (p->flags & CONFIG_LOAD_KEY_OPTIONAL))
+                add_warning(p, p->seen[SECTION_API][key_index(SECTION_API, "key-file")],
+                            "key-file %s; the daemon will not start without it", err);
         else if (r < 0)
                 add_error(p, p->seen[SECTION_API][key_index(SECTION_API, "key-file")], "key-file %s", err);
 }
 
+/* The host of an http:// or https:// URL, without brackets, userinfo or
+ * port, into buf; false when there is none or it does not fit. */
+static bool url_host(const char *url, char *buf, size_t size)
+{
+        const char *h = strstr(url, "://"), *end, *at;
+        size_t n;
+
+        if (!h)
+                return false;
+        h += 3;
+        end = h + strcspn(h, "/?#");
+        /* userinfo@host */
+        for (at = h; at < end; at++)
+                if (*at == '@')
+                        h = at + 1;
+        if (*h == '[') {
+                const char *close = memchr(h, ']', (size_t)(end - h));
+
+                if (!close)
+                        return false;
+                h++;
+                n = (size_t)(close - h);
+        } else {
+                const char *colon = memchr(h, ':', (size_t)(end - h));
+
+                n = (size_t)((colon ? colon : end) - h);
+        }
+        if (n == 0 || n >= size)
+                return false;
+        memcpy(buf, h, n);
+        buf[n] = '\0';
+        return true;
+}
+
+bool config_url_is_cleartext(const char *url)
+{
+        struct in6_addr a6;
+        struct in_addr a4;
+        char host[256];
+        size_t n;
+
+        assert(url);
+
+        if (strncasecmp(url, "http://", 7) != 0)
+                return false;
+        if (!url_host(url, host, sizeof(host)))
+                return true;
+        n = strlen(host);
+        if (n > 1 && host[n - 1] == '.')
+                host[--n] = '\0';
+        /* RFC 6761: localhost and the names below it are the loopback. */
+        if (strcasecmp(host, "localhost") == 0 || (n > 10 && strcasecmp(host + n - 10, ".localhost") == 0))
+                return false;
+        if (inet_pton(AF_INET, host, &a4) == 1)
+                return (ntohl(a4.s_addr) >> 24) != 127;
+        if (inet_pton(AF_INET6, host, &a6) == 1)
+                return !IN6_IS_ADDR_LOOPBACK(&a6) && !(IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+        return true;
+}
+
+static void check_cleartext(Parser *p)
+{
+        const char *url = p->config->api.url;
+        char q[QUOTE_SIZE];
+
+        if (url && config_url_is_cleartext(url))
+                add_warning(p, p->seen[SECTION_API][key_index(SECTION_API, "url")],
+                            "'url' '%s' is plain http:// to a host that is not the loopback: the API key "
+                            "would be sent in clear text",
+                            quote(url, q));
+}
+
 int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errbuf, size_t errlen)
+{
+        return config_load_full(path, env, 0, ret, errbuf, errlen, NULL, 0);
+}
+
+int config_load_full(const char *path, const ConfigEnv *env, unsigned flags, Config **ret, char *errbuf,
+                     size_t errlen, char *warnbuf, size_t warnlen)
 {
         Parser p = {
             .path = path,
             .errbuf = errbuf,
             .errlen = errlen,
+            .flags = flags,
+            .warnbuf = warnbuf,
+            .warnlen = warnlen,
         };
         char *data = NULL;
         int saved_max_line = 0, r;
@@ -1721,6 +1886,8 @@ int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errb
         assert(ret);
         if (errbuf && errlen > 0)
                 errbuf[0] = '\0';
+        if (warnbuf && warnlen > 0)
+                warnbuf[0] = '\0';
 
         r = read_file(path, &data, &p.size);
         if (r == -ENOMEM)
@@ -1767,6 +1934,7 @@ int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errb
         read_api_key(&p);
         if (p.fatal)
                 goto oom;
+        check_cleartext(&p);
 
         free(p.webhook_seen);
         if (p.n_errors > 0) {

@@ -167,7 +167,23 @@ void config_env_from_environ(ConfigEnv *ret);
  * Not thread-safe: inih's line buffer size is a process-wide setting that is
  * raised for the duration of the call. */
 int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errbuf, size_t errlen);
+
+/* For --check-config: a missing API key (no key-file and no
+ * $CREDENTIALS_DIRECTORY, or a key file that does not exist) is a warning,
+ * not an error. The daemon itself never loads with it. */
+#define CONFIG_LOAD_KEY_OPTIONAL (1u << 0)
+
+/* config_load() with CONFIG_LOAD_* flags, and warnings: problems that do not
+ * make the file bad (an http:// API URL that is not the loopback, a missing
+ * key with CONFIG_LOAD_KEY_OPTIONAL), as lines "FILE:LINE: warning: ..." in
+ * warnbuf (may be NULL), also when the load fails. */
+int config_load_full(const char *path, const ConfigEnv *env, unsigned flags, Config **ret, char *errbuf,
+                     size_t errlen, char *warnbuf, size_t warnlen);
 void config_free(Config *c);
+
+/* Whether `url` is http:// to a host other than the loopback (127.0.0.0/8,
+ * ::1, localhost): the API key would cross the network in clear text. */
+bool config_url_is_cleartext(const char *url);
 
 /* Frees the [watch] session list (leaving it empty) once the daemon has
  * copied it into its table: a million ids need not be held twice. */

@@ -1428,6 +1428,17 @@ static void daemon_free(Daemon *d)
         config_free(d->config);
 }
 
+/* Said once at start, and again when a reload brings another URL: the
+ * API key travels in every request. */
+static void warn_cleartext(const char *url, bool reload)
+{
+        if (config_url_is_cleartext(url))
+                log_warning(
+                    "The API URL '%s' is plain http:// to a host that is not the loopback: the API key "
+                    "is sent in clear text%s.",
+                    url, reload ? " (from the next restart, which applies a new URL)" : "");
+}
+
 int daemon_run(const DaemonOptions *o)
 {
         Daemon d = {
@@ -1489,6 +1500,7 @@ int daemon_run(const DaemonOptions *o)
          * hand those pages back rather than carry them as resident memory. */
         malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
+        warn_cleartext(d.config->api.url, false);
         if (d.disc)
                 discovery_start(d.disc, &d.api, &d.sched);
         dispatch(&d);
@@ -1843,6 +1855,8 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         }
 
         reload_restart_only(d->config, c, ret);
+        if (!streq_null(d->config->api.url, c->api.url))
+                warn_cleartext(c->api.url, true);
         r = reload_journal(d, c);
         if (r >= 0)
                 r = reload_webhooks(d, c, ret);

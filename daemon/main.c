@@ -89,13 +89,19 @@ int main(int argc, char **argv)
         }
 
         if (check) {
-                char errbuf[4096];
+                char errbuf[4096], warnbuf[4096];
                 ConfigEnv env;
                 Config *cfg;
                 int r;
 
                 config_env_from_environ(&env);
-                r = config_load(o.config_path, &env, &cfg, errbuf, sizeof(errbuf));
+                /* The key is often only there for the service
+                 * (LoadCredential=), or not yet: its absence is said, but
+                 * the file itself can still be good. */
+                r = config_load_full(o.config_path, &env, CONFIG_LOAD_KEY_OPTIONAL, &cfg, errbuf,
+                                     sizeof(errbuf), warnbuf, sizeof(warnbuf));
+                if (warnbuf[0])
+                        fprintf(stderr, "%s\n", warnbuf);
                 if (r < 0) {
                         fprintf(stderr, "%s\n", errbuf);
                         return r == -ENOMEM ? 1 : EX_CONFIG;

@@ -862,6 +862,50 @@ static void test_errors(void **state)
                 const char *text, *error;
         } cases[] = {
             {KEYHDR "[bogus]\nx = 1\n", "@FILE@:3: Unknown section '[bogus]'"},
+            /* Bytes a terminal would act on, or that are not UTF-8, are shown escaped. */
+            {KEYHDR "[bo\x1b[31mgus\xff]\n", "@FILE@:3: Unknown section '[bo\\x1b[31mgus\\xff]'"},
+            {KEYHDR "col\x1b]0;t\x07our = 1\n",
+             "@FILE@:3: Unknown key 'col\\x1b]0;t\\x07our' in section '[api]'"},
+            {KEYHDR "timeout = 1\xfe\xc3s\n", "@FILE@:3: Invalid value '1\\xfe\\xc3s' for 'timeout': "
+                                              "unknown unit (expected ms, s, m, h or d)"},
+            {KEYHDR "timeout = 1caf\xc3\xa9\\\n", "@FILE@:3: Invalid value '1caf\xc3\xa9\\\\' for "
+                                                  "'timeout': unknown unit (expected ms, s, m, h or d)"},
+            /* Integers past what a setting takes are too large, with the limit. */
+            {KEYHDR "max-connections = 99999999999999999999999\n",
+             "@FILE@:3: Invalid value '99999999999999999999999' for 'max-connections': number too large (at "
+             "most "
+             "1024)"},
+            {KEYHDR "max-connections = 99999999999999999999999x\n",
+             "@FILE@:3: Invalid value '99999999999999999999999x' for 'max-connections': not a number"},
+            {KEYHDR "[poll]\nmax-sessions = 18446744073709551616\n",
+             "@FILE@:4: Invalid value '18446744073709551616' for 'max-sessions': number too large (at most "
+             "100000000)"},
+            {KEYHDR "[poll]\njitter = 99999999999999999999999%\n",
+             "@FILE@:4: Invalid value '99999999999999999999999%' for 'jitter': number too large (at most "
+             "100%)"},
+            {KEYHDR "[poll]\njitter = 99999999999999999999999%%\n",
+             "@FILE@:4: Invalid value '99999999999999999999999%%' for 'jitter': not a percentage (e.g. "
+             "10%)"},
+            {KEYHDR "rate-limit = 99999999999999999999999/m\n",
+             "@FILE@:3: Invalid value '99999999999999999999999/m' for 'rate-limit': the count is too large "
+             "(at "
+             "most 1000000)"},
+            {KEYHDR "timeout = 99999999999999999999999s\n",
+             "@FILE@:3: Invalid value '99999999999999999999999s' for 'timeout': number too large (at most "
+             "1h)"},
+            {KEYHDR "max-body = 99999999999999999999999M\n",
+             "@FILE@:3: Invalid value '99999999999999999999999M' for 'max-body': number too large (at most "
+             "1G)"},
+            {KEYHDR "[metrics]\nlisten = 127.0.0.1:65536\n",
+             "@FILE@:4: Invalid value '127.0.0.1:65536' for 'listen': the port is too large (at most "
+             "65535)"},
+            {KEYHDR "[metrics]\nlisten = 127.0.0.1:99999999999999999999999\n",
+             "@FILE@:4: Invalid value '127.0.0.1:99999999999999999999999' for 'listen': the port is too "
+             "large "
+             "(at most 65535)"},
+            {KEYHDR "[control]\nmode = 006600\n", "@FILE@:4: Invalid value '006600' for 'mode': too large: "
+                                                  "only permission bits (at most 0777) are "
+                                                  "allowed"},
             {KEYHDR "[Api]\n", "@FILE@:3: Unknown section '[Api]'"},
             {KEYHDR "colour = red\n", "@FILE@:3: Unknown key 'colour' in section '[api]'"},
             {KEYHDR "Timeout = 1s\n", "@FILE@:3: Unknown key 'Timeout' in section '[api]'"},
@@ -1053,6 +1097,105 @@ static void test_errors(void **state)
         free(err_sock);
         free(text_long);
         free(empty_key);
+}
+
+static void test_cleartext_url(void **state)
+{
+        static const struct {
+                const char *url;
+                bool cleartext;
+        } table[] = {
+            {"http://api.example.com/v0", true},
+            {"HTTP://api.example.com", true},
+            {"http://10.0.0.1:8080/v0", true},
+            {"http://128.0.0.1/v0", true},
+            {"http://[2001:db8::1]:80/v0", true},
+            {"http://127.0.0.1.example.com/v0", true},
+            {"http://localhost.example.com/v0", true},
+            {"http://127.0.0.1@evil.example.com/v0", true}, /* userinfo, then the real host */
+            {"http://127.0.0.1:9/v0", false},
+            {"http://127.255.0.9/v0", false},
+            {"http://[::1]:9/v0", false},
+            {"http://[::ffff:127.0.0.1]/v0", false},
+            {"http://localhost/v0", false},
+            {"http://LocalHost.:9", false},
+            {"http://api.localhost/v0", false},
+            {"http://user:pw@localhost/v0", false},
+            {"https://api.example.com/v0", false},
+            {"https://10.0.0.1/v0", false},
+        };
+
+        for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+                if (config_url_is_cleartext(table[i].url) != table[i].cleartext)
+                        fail_msg("'%s': expected %s", table[i].url,
+                                 table[i].cleartext ? "clear text" : "fine");
+}
+
+/* Warnings: an http:// URL elsewhere; a missing key only for --check-config. */
+static void test_warnings(void **state)
+{
+        char err[4096], warn[4096], *path, *expect;
+        Config *c = NULL;
+        int r;
+
+        path = write_config(KEYHDR "url = http://api.example.com/v0\n");
+        r = config_load_full(path, NULL, 0, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, 0);
+        expect =
+            subst("@FILE@:3: warning: 'url' 'http://api.example.com/v0' is plain http:// to a host that "
+                  "is not the loopback: the API key would be sent in clear text",
+                  path);
+        assert_string_equal(warn, expect);
+        free(expect);
+        config_free(c);
+        free(path);
+
+        path = write_config(KEYHDR "url = http://127.0.0.1:9/v0\n");
+        r = config_load_full(path, NULL, 0, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, 0);
+        assert_string_equal(warn, "");
+        config_free(c);
+        free(path);
+
+        /* A key file that does not exist. */
+        path = write_config("[api]\nkey-file = @DIR@/no-such-key\n");
+        r = config_load_full(path, NULL, 0, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, -EINVAL);
+        assert_non_null(strstr(err, ":2: key-file '"));
+        assert_string_equal(warn, "");
+        c = NULL;
+        r = config_load_full(path, NULL, CONFIG_LOAD_KEY_OPTIONAL, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, 0);
+        assert_non_null(c);
+        assert_null(c->api.api_key);
+        assert_string_equal(err, "");
+        expect =
+            subst("@FILE@:2: warning: key-file '@DIR@/no-such-key': No such file or directory; the daemon "
+                  "will not start without it",
+                  path);
+        assert_string_equal(warn, expect);
+        free(expect);
+        config_free(c);
+        free(path);
+
+        /* No key-file and no $CREDENTIALS_DIRECTORY. */
+        path = write_config("[poll]\ninterval = 1s\n");
+        c = NULL;
+        r = config_load_full(path, NULL, CONFIG_LOAD_KEY_OPTIONAL, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, 0);
+        assert_non_null(strstr(warn, ": warning: No API key: set 'key-file'"));
+        config_free(c);
+        c = NULL;
+        assert_int_equal(config_load(path, NULL, &c, err, sizeof(err)), -EINVAL);
+        assert_non_null(strstr(err, ": No API key"));
+        free(path);
+
+        /* An empty key file stays an error. */
+        free(write_secret("empty-key", "\n"));
+        path = write_config("[api]\nkey-file = @DIR@/empty-key\n");
+        r = config_load_full(path, NULL, CONFIG_LOAD_KEY_OPTIONAL, &c, err, sizeof(err), warn, sizeof(warn));
+        assert_int_equal(r, -EINVAL);
+        free(path);
 }
 
 /* A file wrong on every line reports the first 20 errors and a count. */
@@ -1249,6 +1392,8 @@ int main(void)
                 cmocka_unit_test(test_errors),
         cmocka_unit_test(test_webhook_secret_not_base64),
                 cmocka_unit_test(test_error_limit),
+                cmocka_unit_test(test_cleartext_url),
+                cmocka_unit_test(test_warnings),
                 cmocka_unit_test(test_long_line),
                 cmocka_unit_test(test_unreadable),
                 cmocka_unit_test(test_example),

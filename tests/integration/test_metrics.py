@@ -208,7 +208,8 @@ class MetricsTest(unittest.TestCase):
         self.assertRegex(dict(build[0])["version"], r"^\d+\.\d+\.\d+")
         # The poll outcomes are the documented set, the finer API outcomes folded in.
         outcomes = {dict(labels)["outcome"] for (name, labels) in samples if name == "sessionwatch_polls_total"}
-        self.assertEqual(outcomes, {"ok", "http_4xx", "http_5xx", "rate_limited", "timeout", "network", "decode"})
+        self.assertEqual(outcomes, {"ok", "http_4xx", "http_5xx", "rate_limited", "timeout", "network", "decode",
+                                    "tls"})
         self.assertGreaterEqual(value(samples, "sessionwatch_metrics_scrapes_total", result="ok"), 1)
         daemon.stop()
 

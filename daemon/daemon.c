@@ -445,14 +445,10 @@ reschedule:
         coverage_reschedule(d, i);
         return API_OK;
 
-bad : {
-        unsigned suppressed;
-
-        if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
-                log_warning("Undecodable answer for session '%s': %s (%u more suppressed)", id,
-                            reason ? reason : "invalid body", suppressed);
+bad:
+        log_ratelimited(&d->decode_rl, uv_now(&d->loop), LOG_WARNING,
+                        "Undecodable answer for session '%s': %s.", id, reason ? reason : "invalid body");
         return API_DECODE;
-}
 }
 
 static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp)
@@ -529,7 +525,6 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
 {
         uint64_t now = uv_now(&d->loop);
         uint64_t wait = retry_after_ms >= 0 ? (uint64_t)retry_after_ms : RATE_LIMIT_DEFAULT_MS;
-        unsigned suppressed;
 
         if (wait > RATE_LIMIT_MAX_MS) {
                 log_warning("Retry-After asks for %" PRIu64 " s; holding requests for %d s only.",
@@ -537,12 +532,13 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
                 wait = RATE_LIMIT_MAX_MS;
         }
 
-        if (now + wait > d->sched.paused_until_ms && log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
-                log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
-                            " ms.",
-                            wait);
-        if (now + wait > d->sched.paused_until_ms)
+        if (now + wait > d->sched.paused_until_ms) {
+                log_ratelimited(&d->rate_limit_rl, now, LOG_WARNING,
+                                "The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
+                                " ms.",
+                                wait);
                 d->rate_limit_pauses++;
+        }
         scheduler_pause(&d->sched, now + wait);
         if (!d->stopping)
                 schedule_after(d, i, wait);
@@ -552,22 +548,20 @@ static void handle_failure(Daemon *d, SessionIndex i, ApiOutcome o, const HttpRe
 {
         Session *rec = sessions_get(d->table, i);
         uint64_t delay;
-        unsigned suppressed;
 
         if (rec->failures < UINT8_MAX)
                 rec->failures++;
         delay = scheduler_backoff(&d->sched, rec->status, rec->failures);
-        if (o != API_DECODE && o != API_FORBIDDEN &&
-            log_ratelimit_ok(&d->poll_errors_rl, uv_now(&d->loop), &suppressed)) {
+        if (o != API_DECODE && o != API_FORBIDDEN) {
                 if (resp->error == HTTP_OK)
-                        log_warning("Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64
-                                    " ms (%u similar messages suppressed).",
-                                    sessions_id(d->table, i), resp->status, delay, suppressed);
+                        log_ratelimited(&d->poll_errors_rl, uv_now(&d->loop), LOG_WARNING,
+                                        "Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64 " ms.",
+                                        sessions_id(d->table, i), resp->status, delay);
                 else
-                        log_warning("Polling session '%s' failed: %s (%s); retrying in %" PRIu64
-                                    " ms (%u similar messages suppressed).",
-                                    sessions_id(d->table, i), api_outcome_to_string(o),
-                                    resp->error_text ? resp->error_text : "", delay, suppressed);
+                        log_ratelimited(&d->poll_errors_rl, uv_now(&d->loop), LOG_WARNING,
+                                        "Polling session '%s' failed: %s (%s); retrying in %" PRIu64 " ms.",
+                                        sessions_id(d->table, i), api_outcome_to_string(o),
+                                        resp->error_text ? resp->error_text : "", delay);
         }
         if (!d->stopping)
                 schedule_after(d, i, delay);
@@ -693,15 +687,13 @@ static void dispatch(Daemon *d)
                                                                        : PURPOSE_POLL;
                 r = api_get_session(&d->api, sessions_id(d->table, i), on_poll_done, slot);
                 if (r < 0) {
-                        unsigned suppressed;
-
                         slot_release(d, slot);
                         scheduler_complete(&d->sched);
                         if (rec->failures < UINT8_MAX)
                                 rec->failures++;
-                        if (log_ratelimit_ok(&d->poll_errors_rl, now, &suppressed))
-                                log_error_errno(r, "Failed to start a poll of session '%s': %m",
-                                                sessions_id(d->table, i));
+                        log_ratelimited_errno(&d->poll_errors_rl, now, LOG_ERR, r,
+                                              "Failed to start a poll of session '%s': %m",
+                                              sessions_id(d->table, i));
                         schedule_after(d, i, scheduler_backoff(&d->sched, rec->status, rec->failures));
                         continue;
                 }
@@ -1256,13 +1248,13 @@ static void log_stats(const Daemon *d)
         for (int k = 0; k < _API_OUTCOME_MAX; k++)
                 total += s->polls[k];
         log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
-                 ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
-                 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64 "), %" PRIu64
-                 " transitions, %" PRIu64 " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64
-                 " us, p99 <= %" PRIu64 " us.",
+                 ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", tls %" PRIu64
+                 ", decode %" PRIu64 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64
+                 "), %" PRIu64 " transitions, %" PRIu64 " events, %" PRIu64
+                 " quick decodes; event latency p50 <= %" PRIu64 " us, p99 <= %" PRIu64 " us.",
                  total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
                  s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT],
-                 s->polls[API_NETWORK] + s->polls[API_TOO_LARGE], s->polls[API_DECODE],
+                 s->polls[API_NETWORK] + s->polls[API_TOO_LARGE], s->polls[API_TLS], s->polls[API_DECODE],
                  s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->polls[API_FORBIDDEN], s->transitions,
                  s->events, s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }

@@ -1,0 +1,196 @@
+"""How sessionwatchd reports answers that are not plain news.
+
+The daemon polls and sweeps apisim (or a TLS listener on loopback) and the
+tests check what it says about them:
+
+* a TLS failure (an https:// URL at a plain-HTTP server, a self-signed
+  certificate) is the outcome `tls`, in the poll and list log lines and in
+  `sessionwatch_polls_total{outcome="tls"}`, not `network`;
+* a rate-limited log line says how many lines it held back only when it held
+  some back: the first lines have no "(… suppressed)" suffix, the first one
+  after the limit says how many;
+* an answer older than what the daemon knows, with another status (the API's
+  clock went backwards), is dropped, logged and counted in
+  `sessionwatch_stale_answers_total`;
+* two changes inside one poll interval make one event, marked
+  `data.skipped: true` when the pair of statuses shows a step was missed;
+* a 401 on a list request holds every request, polls included, and they
+  resume once the hold-off has passed.
+"""
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import unittest
+import uuid
+
+import swtest
+
+KEY = f"swanswers-SECRET-{uuid.uuid4().hex}"
+INTERVAL = "50ms"
+SUFFIX = re.compile(r"\((\d+) similar messages? suppressed\)")
+
+
+def metric(text, name, **labels):
+    """The value of one sample of the Prometheus text, or None."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if labels:
+            m = re.fullmatch(re.escape(name) + r"\{(.*)\}", series)
+            if m and ",".join(sorted(m.group(1).split(","))) == want:
+                return float(value)
+        elif series == name:
+            return float(value)
+    return None
+
+
+class TlsListener:
+    """A TLS server on loopback with a throwaway self-signed certificate,
+    made with `openssl req`; it completes no handshake a verifying client
+    accepts, and counts the connections it took."""
+
+    def __init__(self, tmp):
+        self.cert = os.path.join(tmp.root, "self-signed.pem")
+        self.key = os.path.join(tmp.root, "self-signed.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-keyout", self.key, "-out", self.cert],
+                       check=True, capture_output=True, timeout=swtest.scaled(30))
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(self.cert, self.key)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.closing = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.closing:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(5)
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self.closing = True
+        self.sock.close()
+
+
+class AnswersTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = swtest.temp_dirs(self)
+
+    def start_sim(self, sessions, name="apisim"):
+        return swtest.ApiSim(self.tmp, scenario={"sessions": sessions}, key=KEY, name=name).register(self).start()
+
+    def start_daemon(self, url, ids=(), runbooks=(), poll=None, name="sessionwatchd", log_level=None):
+        config = swtest.Daemon.basic_config(url, sessions=ids, runbooks=runbooks, extra={
+            "api": {"rate-limit": "off", "timeout": "5s"},
+            "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL, "mode": "get", **(poll or {})},
+            "watch": {"discover-interval": INTERVAL},
+            "journal": {"enable": False},
+        })
+        extra = ("--log-level", log_level) if log_level else ()
+        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name,
+                               extra_args=extra).register(self).start()
+        daemon.wait_control()
+        return daemon
+
+    def metrics(self, daemon):
+        done = daemon.ctl("metrics")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout
+
+    def wait_metric(self, daemon, name, at_least, **labels):
+        return swtest.wait_until(
+            lambda: (v := metric(self.metrics(daemon), name, **labels)) is not None and v >= at_least and v,
+            timeout=15, message=lambda: f"{name}{labels} did not reach {at_least}:\n{self.metrics(daemon)}")
+
+    def count(self, sim, session):
+        return sim.counters(session=session, times=False)["sessions"].get(session, {}).get("count", 0)
+
+    # -- TLS -------------------------------------------------------------------
+
+    def assert_tls_outcome(self, daemon):
+        self.wait_metric(daemon, "sessionwatch_polls_total", 2, outcome="tls")
+        text = self.metrics(daemon)
+        self.assertEqual(metric(text, "sessionwatch_polls_total", outcome="network"), 0, text)
+        self.assertEqual(metric(text, "sessionwatch_polls_total", outcome="ok"), 0, text)
+        daemon.wait_for_stderr(lambda line: "Polling session" in line and "failed: tls (" in line, timeout=15)
+        daemon.wait_for_stderr(lambda line: "Listing the sessions of" in line and "failed: tls (" in line,
+                               timeout=15)
+        status = daemon.ctl_json("status")
+        self.assertGreaterEqual(status["polls"]["tls"], 2)
+        self.assertEqual(status["polls"]["network"], 0)
+        self.assertNotIn("failed: network", daemon.stderr_text())
+        self.assertEqual(daemon.events(), [])
+
+    def test_https_url_at_a_plain_http_server_is_a_tls_failure(self):
+        sid = f"sestls{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])
+        url = sim.url.replace("http://", "https://", 1)
+        self.assertTrue(url.startswith("https://127.0.0.1:"), url)
+        daemon = self.start_daemon(url, [sid], runbooks=["rbk_test"])
+        self.assert_tls_outcome(daemon)
+        # apisim saw no request it could answer: the handshake never ended.
+        self.assertEqual(sim.counters(times=False)["requests"]["get"], 0)
+
+    def test_self_signed_certificate_is_a_tls_failure(self):
+        listener = TlsListener(self.tmp)
+        self.addCleanup(listener.close)
+        daemon = self.start_daemon(f"https://127.0.0.1:{listener.port}/v0", ["sesselfsigned1"],
+                                   runbooks=["rbk_test"])
+        self.assert_tls_outcome(daemon)
+        self.assertGreaterEqual(listener.connections, 1)
+        self.assertIn("certificate", daemon.stderr_text())
+
+    # -- rate-limited lines ----------------------------------------------------
+
+    def test_suppressed_count_only_when_lines_were_held_back(self):
+        ids = [f"sesrl{n:02d}{uuid.uuid4().hex[:6]}" for n in range(20)]
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in ids])
+        sim.fault("503", probability=1.0, endpoint="get")
+        daemon = self.start_daemon(sim.url, ids)
+        # The poll error limit lets 10 lines through per 10 s; 20 sessions
+        # failing with backoff from 1 s go past it within the first window.
+        swtest.wait_until(lambda: sim.counters(times=False)["faults"]["503"] >= 40, timeout=20,
+                          message="apisim did not serve the 503s")
+
+        def failures():
+            return [line for line in daemon.stderr_lines(complete_only=True) if "Polling session" in line]
+
+        swtest.wait_until(lambda: len(failures()) >= 10, timeout=15, message="fewer than 10 poll failures logged")
+        first = failures()[:10]
+        for line in first:
+            self.assertIn("HTTP 503", line)
+            self.assertNotIn("suppressed", line, line)
+        # The next line comes once the 10 s window is over, and says how many
+        # lines the limit held back meanwhile.
+        later = swtest.wait_until(lambda: len(failures()) >= 11 and failures()[10], timeout=30,
+                                  message="no poll failure logged after the first window")
+        m = SUFFIX.search(later)
+        self.assertIsNotNone(m, later)
+        self.assertGreater(int(m.group(1)), 0, later)
+        self.assertTrue(later.endswith("suppressed)."), later)
+        self.assertNotIn("(0 similar", daemon.stderr_text())
+
+
+if __name__ == "__main__":
+    unittest.main()

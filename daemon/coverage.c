@@ -427,10 +427,23 @@ static void on_discovery_done(void *userdata)
         daemon_request_done(userdata);
 }
 
+/* discovery callback, on the loop thread: a list request was answered 401,
+ * or with a page. A 401 holds every request exactly as a poll's does. */
+static void on_discovery_auth(void *userdata, bool rejected, long status)
+{
+        Daemon *d = userdata;
+
+        if (rejected)
+                daemon_auth_rejected(d, status);
+        else
+                daemon_auth_accepted(d);
+}
+
 const DiscoveryCallbacks coverage_discovery_callbacks = {
     .session = on_discovered_session,
     .page = on_discovery_page,
     .done = on_discovery_done,
+    .auth = on_discovery_auth,
 };
 
 int coverage_setup(Daemon *d)

@@ -157,6 +157,11 @@ static void write_polls(Daemon *d, MetricsText *m)
                                "Session poll duration, from the start of the request to its completion.",
                                &d->poll_duration);
 
+        metrics_text_single(
+            m, "sessionwatch_stale_answers_total", "counter",
+            "Poll answers older (by updatedAt) than what was known, with another status, to a "
+            "request sent after the known change: the API's clock went backwards.",
+            (double)d->clock_backwards);
         metrics_text_single(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.",
                             (double)d->sched.in_flight);
         metrics_text_single(m, "sessionwatch_api_paused", "gauge",

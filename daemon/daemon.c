@@ -367,9 +367,33 @@ static void persist(Daemon *d, SessionIndex i)
                 persist_arm(d);
 }
 
+/* An answer older than what the table holds, with another status, was
+ * dropped. A slow answer overtaken by a newer one does that too, so only an
+ * answer to a request sent after the held change was dated (`sent_us`, wall
+ * clock) says that the API went back in time: that is said and counted. */
+static void stale_answer(Daemon *d, SessionIndex i, const Observation *obs, const char *status_raw,
+                         size_t status_len, int64_t updated_at_us, int64_t sent_us)
+{
+        char held[TIMESTAMP_RFC3339_MAX], got[TIMESTAMP_RFC3339_MAX];
+
+        if (!obs->conflict || obs->previous_updated_at_us > sent_us)
+                return;
+        d->clock_backwards++;
+        if (format_timestamp_rfc3339(obs->previous_updated_at_us, held) < 0)
+                snprintf(held, sizeof(held), "?");
+        if (format_timestamp_rfc3339(updated_at_us, got) < 0)
+                snprintf(got, sizeof(got), "?");
+        log_ratelimited(&d->stale_rl, uv_now(&d->loop), LOG_WARNING,
+                        "Session '%s' answered '%.*s' updated at %s, older than '%s' updated at %s that was "
+                        "seen before; the API's clock went backwards. Ignoring the older answer.",
+                        sessions_id(d->table, i), (int)(status_len > 64 ? 64 : status_len), status_raw, got,
+                        obs->previous_raw, held);
+}
+
 /* The session answered 200: decide whether it changed, emit, plan the next
- * poll. Returns API_OK or API_DECODE. */
-static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp)
+ * poll. `sent_us` is the wall clock when the request went out. Returns
+ * API_OK or API_DECODE. */
+static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp, int64_t sent_us)
 {
         const char *id = sessions_id(d->table, i);
         Session *rec = sessions_get(d->table, i);
@@ -391,6 +415,8 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 OBSERVE_TRANSITION) {
                 d->stats.quick_decodes++;
                 (void)sessions_observe(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us, &obs);
+                if (obs.result == OBSERVE_STALE)
+                        stale_answer(d, i, &obs, q.status_raw, q.status_raw_len, q.updated_at_us, sent_us);
                 goto reschedule;
         }
 
@@ -421,6 +447,8 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 }
         }
         (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
+        if (obs.result == OBSERVE_STALE)
+                stale_answer(d, i, &obs, snap.status_raw, snap.status_raw_len, snap.updated_at_us, sent_us);
         if (obs.result == OBSERVE_TRANSITION) {
                 Event e;
 
@@ -498,7 +526,7 @@ static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp
         persist(d, i);
 }
 
-static void handle_auth(Daemon *d, SessionIndex i, long status)
+void daemon_auth_rejected(Daemon *d, long status)
 {
         uint64_t now = uv_now(&d->loop), pause;
 
@@ -517,6 +545,19 @@ static void handle_auth(Daemon *d, SessionIndex i, long status)
                 d->auth_level++;
                 scheduler_pause(&d->sched, now + pause);
         }
+}
+
+void daemon_auth_accepted(Daemon *d)
+{
+        if (d->auth_level > 0) {
+                log_notice("The API accepts the key again.");
+                d->auth_level = 0;
+        }
+}
+
+static void handle_auth(Daemon *d, SessionIndex i, long status)
+{
+        daemon_auth_rejected(d, status);
         if (!d->stopping)
                 schedule_after(d, i, 0);
 }
@@ -577,6 +618,8 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         SessionIndex i = slot->session;
         Session *rec;
         ApiOutcome o = api_classify(resp);
+        /* The wall clock when the request went out, for stale_answer(). */
+        int64_t sent_us = realtime_usec() - (int64_t)(now_usec() - slot->start_usec);
 
         if (o != API_CANCELLED)
                 daemon_metrics_observe_poll(d, slot->start_usec, resp->done_usec);
@@ -596,15 +639,12 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         rec->flags &= ~SESSION_IN_FLIGHT;
 
         if (o == API_OK)
-                o = handle_session_body(d, i, resp);
+                o = handle_session_body(d, i, resp, sent_us);
         d->stats.polls[o]++;
 
         switch (o) {
         case API_OK:
-                if (d->auth_level > 0) {
-                        log_notice("The API accepts the key again.");
-                        d->auth_level = 0;
-                }
+                daemon_auth_accepted(d);
                 break;
         case API_NOT_FOUND:
                 handle_not_found(d, i, resp);
@@ -1427,6 +1467,7 @@ int daemon_run(const DaemonOptions *o)
             .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
             .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
             .refuse_rl = LOG_RATELIMIT_INIT(10000, 3),
+            .stale_rl = LOG_RATELIMIT_INIT(10000, 3),
         };
         char errbuf[4096];
         ConfigEnv env;

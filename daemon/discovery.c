@@ -646,6 +646,8 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
         case API_OK: {
                 bool moved = false, complete = discovery_pager_complete(&sc->pager);
 
+                if (disc->cb.auth)
+                        disc->cb.auth(disc->userdata, false, resp->status);
                 sc->failures = 0;
                 if (complete)
                         sweep_end(disc, sc, now, &moved);
@@ -673,6 +675,16 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                                 what, wait);
                 break;
         }
+        case API_AUTH:
+                /* The key, not this scope, is refused: every request is
+                 * held as for a poll's 401, and the page is asked again once
+                 * the hold is over. */
+                disc->counters->sweep_failures++;
+                if (disc->cb.auth)
+                        disc->cb.auth(disc->userdata, true, resp->status);
+                sc->due_ms = disc->sched->paused_until_ms > now ? disc->sched->paused_until_ms
+                                                                : now + retry_delay(sc);
+                break;
         default:
                 sc->failures++;
                 disc->counters->sweep_failures++;

@@ -24,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import unittest
 import uuid
 
@@ -31,6 +32,10 @@ import swtest
 
 KEY = f"swanswers-SECRET-{uuid.uuid4().hex}"
 INTERVAL = "50ms"
+def time_now():
+    return time.time()
+
+
 SUFFIX = re.compile(r"\((\d+) similar messages? suppressed\)")
 
 
@@ -100,7 +105,7 @@ class AnswersTest(unittest.TestCase):
     def start_sim(self, sessions, name="apisim"):
         return swtest.ApiSim(self.tmp, scenario={"sessions": sessions}, key=KEY, name=name).register(self).start()
 
-    def start_daemon(self, url, ids=(), runbooks=(), poll=None, name="sessionwatchd", log_level=None):
+    def start_daemon(self, url, ids=(), runbooks=(), poll=None, name="sessionwatchd", log_level=None, tmp=None):
         config = swtest.Daemon.basic_config(url, sessions=ids, runbooks=runbooks, extra={
             "api": {"rate-limit": "off", "timeout": "5s"},
             "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL, "mode": "get", **(poll or {})},
@@ -108,7 +113,7 @@ class AnswersTest(unittest.TestCase):
             "journal": {"enable": False},
         })
         extra = ("--log-level", log_level) if log_level else ()
-        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name,
+        daemon = swtest.Daemon(tmp or self.tmp, config, api_key=KEY, print_events=True, name=name,
                                extra_args=extra).register(self).start()
         daemon.wait_control()
         return daemon
@@ -190,6 +195,102 @@ class AnswersTest(unittest.TestCase):
         self.assertGreater(int(m.group(1)), 0, later)
         self.assertTrue(later.endswith("suppressed)."), later)
         self.assertNotIn("(0 similar", daemon.stderr_text())
+
+    # -- an answer from the past -----------------------------------------------
+
+    def sim_session_state(self, sim, sid):
+        return next(s for s in sim.sessions()["sessions"] if s["id"] == sid)
+
+    def test_older_answer_with_another_status_is_dropped_said_and_counted(self):
+        sid = f"sesback{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])
+        daemon = self.start_daemon(sim.url, [sid])
+        daemon.wait_for_event(lambda e: e["subject"] == sid and e["data"]["status"] == "Active", timeout=15)
+        sim.set_status(sid, "Waiting")
+        daemon.wait_for_event(lambda e: e["data"]["status"] == "Waiting", timeout=15)
+        waiting = self.sim_session_state(sim, sid)
+        # The API's clock goes backwards: Active again, dated 5 s before the
+        # Waiting the daemon has seen.
+        back = sim.admin("POST", "/_sim/status", {"id": sid, "status": "Active",
+                                                  "updatedAt": waiting["updatedAtUnix"] - 5})
+        self.assertEqual(back["status"], "Active")
+        self.assertLess(self.sim_session_state(sim, sid)["updatedAtUnix"], waiting["updatedAtUnix"])
+        line = daemon.wait_for_stderr(lambda line: "clock went backwards" in line, timeout=15)
+        self.assertIn(f"'{sid}'", line)
+        self.assertIn("answered 'Active' updated at ", line)
+        self.assertIn("older than 'Waiting' updated at ", line)
+        self.assertEqual(len(re.findall(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z", line)), 2, line)
+        self.assertNotIn("suppressed", line)
+        # Counted once per such answer; polls go on and every one is dropped.
+        start = self.count(sim, sid)
+        self.wait_metric(daemon, "sessionwatch_stale_answers_total", 3)
+        self.assertGreaterEqual(self.count(sim, sid), start + 2)
+        self.assertEqual([e["data"]["status"] for e in daemon.events()], ["Active", "Waiting"])
+        self.assertEqual(daemon.ctl_json("list")["sessions"][0]["status"], "Waiting")
+        # Once the API moves on past what is known, that is news again.
+        sim.set_status(sid, "Failed")
+        daemon.wait_for_event(lambda e: e["data"]["status"] == "Failed", timeout=15)
+        self.assertEqual([e["data"]["previousStatus"] for e in daemon.events()], [None, "Active", "Waiting"])
+
+    def test_apisim_refuses_an_updated_at_in_the_future(self):
+        sid = f"sesfuture{uuid.uuid4().hex[:8]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]])])
+        for bad in (time_now() + 3600, "yesterday", -1):
+            with self.subTest(updated_at=bad):
+                with self.assertRaises(swtest.ApiSimError) as caught:
+                    sim.admin("POST", "/_sim/status", {"id": sid, "status": "Failed", "updatedAt": bad})
+                self.assertIn("updatedAt", str(caught.exception))
+        self.assertEqual(self.sim_session_state(sim, sid)["status"], "Active")
+
+    # -- a rejected key on a list request ----------------------------------------
+
+    def test_401_on_a_list_request_holds_polls_too_and_they_resume(self):
+        polled = [f"sespolled{n}{uuid.uuid4().hex[:6]}" for n in range(3)]
+        listed = f"seslisted{uuid.uuid4().hex[:6]}"
+        witness = f"seswitness{uuid.uuid4().hex[:6]}"
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]], runbook_id="rbk_polled") for sid in polled]
+                             + [swtest.sim_session(listed, [[0, "Active"]], runbook_id="rbk_listed"),
+                                swtest.sim_session(witness, [[0, "Active"]], runbook_id="rbk_witness")])
+        daemon = self.start_daemon(sim.url, polled, runbooks=["rbk_listed"])
+        daemon.wait_for_events(lambda e: e["subject"] in {*polled, listed}, count=4, timeout=15)
+        for sid in polled:
+            start = self.count(sim, sid)
+            swtest.wait_until(lambda: self.count(sim, sid) >= start + 2, timeout=15,
+                              message=f"{sid} is not polled")
+        sim.fault("401", endpoint="list")
+        swtest.wait_until(lambda: sim.counters(times=False)["faults"]["401"] == 1, timeout=15,
+                          message="the list request did not get its 401")
+        daemon.wait_for_stderr("rejected the key", timeout=15)
+        self.assertEqual(metric(self.metrics(daemon), "sessionwatch_api_paused"), 1)
+        held = sim.counters(times=False)
+        gets = {sid: self.count(sim, sid) for sid in polled}
+        # A daemon with the right key, as a clock: a second of its polls.
+        clock = self.start_daemon(sim.url, [witness], name="sessionwatchd-clock",
+                                  tmp=swtest.temp_dirs(self, prefix="swclock-"))
+        clock.wait_for_event(lambda e: e["subject"] == witness, timeout=15)
+        start = self.count(sim, witness)
+        swtest.wait_until(lambda: self.count(sim, witness) >= start + 20, timeout=15,
+                          message="the clock daemon does not poll")
+        now = sim.counters(times=False)
+        self.assertEqual({sid: self.count(sim, sid) for sid in polled}, gets, "polls went on during the hold")
+        self.assertEqual(now["lists"].get("rbk_listed", 0), held["lists"].get("rbk_listed", 0),
+                         "list requests went on during the hold")
+        key_lines = [line for line in daemon.stderr_lines() if "key" in line.lower()]
+        self.assertEqual(len(key_lines), 1, key_lines)
+        self.assertIn("key-file", key_lines[0])
+        self.assertNotIn("Listing the sessions of", daemon.stderr_text())
+        # The hold-off is 30 s: then polls and sweeps resume, and the daemon
+        # says the key works again.
+        for sid in polled:
+            swtest.wait_until(lambda: self.count(sim, sid) > gets[sid], timeout=60,
+                              message=f"{sid} was not polled again after the hold")
+        swtest.wait_until(lambda: sim.counters(times=False)["lists"].get("rbk_listed", 0)
+                          > held["lists"].get("rbk_listed", 0), timeout=15,
+                          message="the runbook was not swept again after the hold")
+        daemon.wait_for_stderr("accepts the key again", timeout=15)
+        self.assertEqual(metric(self.metrics(daemon), "sessionwatch_api_paused"), 0)
+        self.assertEqual(sim.counters(times=False)["faults"]["401"], 1)
+        self.assertGreaterEqual(metric(self.metrics(daemon), "sessionwatch_discovery_list_failures_total"), 1)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ FAMILIES = {
     "sessionwatch_polls_total": "counter",
     "sessionwatch_poll_duration_seconds": "histogram",
     "sessionwatch_requests_in_flight": "gauge",
+    "sessionwatch_stale_answers_total": "counter",
     "sessionwatch_api_paused": "gauge",
     "sessionwatch_api_rate_limit_pauses_total": "counter",
     "sessionwatch_discovery_sweeps_total": "counter",

@@ -570,6 +570,18 @@ static void run_sequence(const Sequence *seq)
                                 step_fail(seq, k, "peek said %d, expected %d", peeked, st->result);
                         if (o.first != st->first)
                                 step_fail(seq, k, "first=%d, expected %d", o.first, st->first);
+                        /* A stale answer changes nothing, so what it is
+                         * compared with is what the step expects after it. */
+                        if (o.result == OBSERVE_STALE) {
+                                bool conflict = strcmp(st->status, st->current_raw) != 0;
+
+                                if (o.conflict != conflict)
+                                        step_fail(seq, k, "conflict=%d, expected %d", o.conflict, conflict);
+                                if (o.previous_updated_at_us != st->current_updated_at_us)
+                                        step_fail(seq, k,
+                                                  "previous updatedAt %" PRId64 ", expected %" PRId64,
+                                                  o.previous_updated_at_us, st->current_updated_at_us);
+                        }
                         if (o.result == OBSERVE_TRANSITION && !o.first) {
                                 if (o.replayed != st->replayed)
                                         step_fail(seq, k, "replayed=%d, expected %d", o.replayed,

@@ -372,6 +372,7 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                                                 snap->id);
                         else {
                                 e.replayed = obs.replayed;
+                                e.skipped = obs.skipped;
                                 d->stats.transitions++;
                                 daemon_metrics_count_transition(
                                     d, snap->status, obs.first && initial ? 0 : snap->updated_at_us);

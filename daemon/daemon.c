@@ -457,6 +457,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                         log_error_errno(r, "Failed to make the event for session '%s': %m", id);
                 else {
                         e.replayed = obs.replayed;
+                        e.skipped = obs.skipped;
                         d->stats.transitions++;
                         daemon_metrics_count_transition(d, snap.status, obs.first ? 0 : snap.updated_at_us);
                         emit(d, &e, resp->done_usec);

@@ -430,6 +430,7 @@ int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in,
 
         ret->result = OBSERVE_TRANSITION;
         ret->replayed = s->flags & SESSION_REPLAY;
+        ret->skipped = session_status_step_missed(s->status, st);
         set_status(t, s, st, status_raw_in, status_len);
         s->updated_at_us = updated_at_us;
         s->flags &= ~(SESSION_REPLAY | SESSION_STALLED);

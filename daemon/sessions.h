@@ -64,6 +64,7 @@ typedef struct Observation {
         bool first;                     /* no previous status */
         bool replayed;                  /* the previous status came from durable state */
         bool conflict;                  /* OBSERVE_STALE with another status than the one held */
+        bool skipped;                   /* a transition that must have missed a step in between */
         SessionStatus previous;         /* valid unless first */
         const char *previous_raw;       /* the previous status as the API spelled it, unless first */
         int64_t previous_updated_at_us; /* the updatedAt held before this observation, unless first */

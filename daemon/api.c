@@ -15,6 +15,7 @@ static const char *const outcome_names[_API_OUTCOME_MAX] = {
     [API_CLIENT] = "http_4xx",
     [API_TIMEOUT] = "timeout",
     [API_NETWORK] = "network",
+    [API_TLS] = "tls",
     [API_TOO_LARGE] = "too_large",
     [API_DECODE] = "decode",
     [API_CANCELLED] = "cancelled",
@@ -147,6 +148,11 @@ ApiOutcome api_classify(const HttpResponse *r)
                 return API_TOO_LARGE;
         case HTTP_ERR_CANCELLED:
                 return API_CANCELLED;
+        case HTTP_ERR_TLS:
+                /* A certificate or a handshake that fails is a set-up
+                 * problem (a wrong URL, a missing CA), not a flaky network:
+                 * it gets its own name so that it can be told apart. */
+                return API_TLS;
         default:
                 return API_NETWORK;
         }

@@ -19,7 +19,8 @@ typedef enum ApiOutcome {
         API_SERVER,       /* 5xx */
         API_CLIENT,       /* another 4xx, or a status we do not expect */
         API_TIMEOUT,
-        API_NETWORK,   /* connect, reset, TLS, truncated transfer */
+        API_NETWORK,   /* connect, reset, truncated transfer */
+        API_TLS,       /* TLS handshake or certificate verification failed */
         API_TOO_LARGE, /* body over the bound */
         API_DECODE,    /* a 200 whose body is not a session */
         API_CANCELLED, /* shutting down */

@@ -308,17 +308,15 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
         Session *rec;
         Observation obs;
         int64_t before_us;
-        unsigned suppressed;
         int r;
 
         if (d->stopping)
                 return;
         if (!config_session_id_valid(snap->id) || snap->status_raw_len > STATE_STATUS_MAX) {
-                if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
-                        log_warning("Ignoring listed session '%.64s': %s (%u more suppressed).", snap->id,
-                                    snap->status_raw_len > STATE_STATUS_MAX ? "status longer than 1024 bytes"
-                                                                            : "not a valid session id",
-                                    suppressed);
+                log_ratelimited(&d->decode_rl, uv_now(&d->loop), LOG_WARNING,
+                                "Ignoring listed session '%.64s': %s.", snap->id,
+                                snap->status_raw_len > STATE_STATUS_MAX ? "status longer than 1024 bytes"
+                                                                        : "not a valid session id");
                 return;
         }
         i = sessions_find(d->table, snap->id, snap->id_len);
@@ -331,11 +329,10 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                 if (r == -ENOSPC) {
                         /* Never silently: counted, and said (rate-limited). */
                         d->disc_counters.refused++;
-                        if (log_ratelimit_ok(&d->refuse_rl, uv_now(&d->loop), &suppressed))
-                                log_error("Not watching discovered session '%s': [poll] max-sessions=%zu "
-                                          "reached (%" PRIu64 " refused so far, %u messages suppressed).",
-                                          snap->id, d->config->poll.max_sessions, d->disc_counters.refused,
-                                          suppressed);
+                        log_ratelimited(&d->refuse_rl, uv_now(&d->loop), LOG_ERR,
+                                        "Not watching discovered session '%s': [poll] max-sessions=%zu "
+                                        "reached (%" PRIu64 " refused so far).",
+                                        snap->id, d->config->poll.max_sessions, d->disc_counters.refused);
                         return;
                 }
                 if (r < 0) {
@@ -375,6 +372,7 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                                                 snap->id);
                         else {
                                 e.replayed = obs.replayed;
+                                e.skipped = obs.skipped;
                                 d->stats.transitions++;
                                 daemon_metrics_count_transition(
                                     d, snap->status, obs.first && initial ? 0 : snap->updated_at_us);
@@ -430,10 +428,23 @@ static void on_discovery_done(void *userdata)
         daemon_request_done(userdata);
 }
 
+/* discovery callback, on the loop thread: a list request was answered 401,
+ * or with a page. A 401 holds every request exactly as a poll's does. */
+static void on_discovery_auth(void *userdata, bool rejected, long status)
+{
+        Daemon *d = userdata;
+
+        if (rejected)
+                daemon_auth_rejected(d, status);
+        else
+                daemon_auth_accepted(d);
+}
+
 const DiscoveryCallbacks coverage_discovery_callbacks = {
     .session = on_discovered_session,
     .page = on_discovery_page,
     .done = on_discovery_done,
+    .auth = on_discovery_auth,
 };
 
 int coverage_setup(Daemon *d)

@@ -28,7 +28,7 @@ static const double poll_duration_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.2
  * fold into the HTTP classes they belong to, so dashboards see one stable
  * set (the control socket's `status` keeps the fine ones). */
 static const char *const poll_outcome_names[] = {"ok",      "http_4xx", "http_5xx", "rate_limited",
-                                                 "timeout", "network",  "decode"};
+                                                 "timeout", "network",  "decode",   "tls"};
 enum { POLL_OUTCOMES = sizeof(poll_outcome_names) / sizeof(poll_outcome_names[0]) };
 
 /* Index into poll_outcome_names, or -1 for polls not counted (cancelled at
@@ -54,6 +54,8 @@ static int poll_outcome_index(ApiOutcome o)
                 return 5;
         case API_DECODE:
                 return 6;
+        case API_TLS:
+                return 7;
         default:
                 return -1;
         }
@@ -155,6 +157,11 @@ static void write_polls(Daemon *d, MetricsText *m)
                                "Session poll duration, from the start of the request to its completion.",
                                &d->poll_duration);
 
+        metrics_text_single(
+            m, "sessionwatch_stale_answers_total", "counter",
+            "Poll answers older (by updatedAt) than what was known, with another status, to a "
+            "request sent after the known change: the API's clock went backwards.",
+            (double)d->clock_backwards);
         metrics_text_single(m, "sessionwatch_requests_in_flight", "gauge", "API requests in flight.",
                             (double)d->sched.in_flight);
         metrics_text_single(m, "sessionwatch_api_paused", "gauge",

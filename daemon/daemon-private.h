@@ -163,7 +163,8 @@ struct Daemon {
         uint64_t requests_by_purpose[_PURPOSE_MAX];
         MetricsHistogram detection_delay; /* event written - the session's updatedAt */
         MetricsHistogram schedule_lag;    /* how late due work starts */
-        uint64_t clock_backwards;         /* older answers with another status (see sessions_observe) */
+        uint64_t clock_backwards;         /* older answers with another status (see stale_answer()) */
+        LogRateLimit stale_rl;
 
         /* Coverage (coverage.c). */
         CoverageRunbook *cov_rb; /* [runbook number], n_cov_rb entries */
@@ -204,6 +205,11 @@ void daemon_persist_watermark(Daemon *d, const char *key, int64_t newest_us);
 void daemon_stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
 void daemon_retire_sessions(Daemon *d);
 void daemon_request_done(Daemon *d);
+/* The API answered 401 (to a poll or a list request): every request is held,
+ * 30 s doubling up to 10 min while it goes on, and the first says so once. */
+void daemon_auth_rejected(Daemon *d, long status);
+/* The API answered a request: a hold for a rejected key is over. */
+void daemon_auth_accepted(Daemon *d);
 void daemon_schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms);
 int64_t daemon_realtime_usec(void);
 

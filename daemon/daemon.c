@@ -367,9 +367,33 @@ static void persist(Daemon *d, SessionIndex i)
                 persist_arm(d);
 }
 
+/* An answer older than what the table holds, with another status, was
+ * dropped. A slow answer overtaken by a newer one does that too, so only an
+ * answer to a request sent after the held change was dated (`sent_us`, wall
+ * clock) says that the API went back in time: that is said and counted. */
+static void stale_answer(Daemon *d, SessionIndex i, const Observation *obs, const char *status_raw,
+                         size_t status_len, int64_t updated_at_us, int64_t sent_us)
+{
+        char held[TIMESTAMP_RFC3339_MAX], got[TIMESTAMP_RFC3339_MAX];
+
+        if (!obs->conflict || obs->previous_updated_at_us > sent_us)
+                return;
+        d->clock_backwards++;
+        if (format_timestamp_rfc3339(obs->previous_updated_at_us, held) < 0)
+                snprintf(held, sizeof(held), "?");
+        if (format_timestamp_rfc3339(updated_at_us, got) < 0)
+                snprintf(got, sizeof(got), "?");
+        log_ratelimited(&d->stale_rl, uv_now(&d->loop), LOG_WARNING,
+                        "Session '%s' answered '%.*s' updated at %s, older than '%s' updated at %s that was "
+                        "seen before; the API's clock went backwards. Ignoring the older answer.",
+                        sessions_id(d->table, i), (int)(status_len > 64 ? 64 : status_len), status_raw, got,
+                        obs->previous_raw, held);
+}
+
 /* The session answered 200: decide whether it changed, emit, plan the next
- * poll. Returns API_OK or API_DECODE. */
-static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp)
+ * poll. `sent_us` is the wall clock when the request went out. Returns
+ * API_OK or API_DECODE. */
+static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpResponse *resp, int64_t sent_us)
 {
         const char *id = sessions_id(d->table, i);
         Session *rec = sessions_get(d->table, i);
@@ -391,6 +415,8 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 OBSERVE_TRANSITION) {
                 d->stats.quick_decodes++;
                 (void)sessions_observe(d->table, i, q.status_raw, q.status_raw_len, q.updated_at_us, &obs);
+                if (obs.result == OBSERVE_STALE)
+                        stale_answer(d, i, &obs, q.status_raw, q.status_raw_len, q.updated_at_us, sent_us);
                 goto reschedule;
         }
 
@@ -421,6 +447,8 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                 }
         }
         (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
+        if (obs.result == OBSERVE_STALE)
+                stale_answer(d, i, &obs, snap.status_raw, snap.status_raw_len, snap.updated_at_us, sent_us);
         if (obs.result == OBSERVE_TRANSITION) {
                 Event e;
 
@@ -429,6 +457,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                         log_error_errno(r, "Failed to make the event for session '%s': %m", id);
                 else {
                         e.replayed = obs.replayed;
+                        e.skipped = obs.skipped;
                         d->stats.transitions++;
                         daemon_metrics_count_transition(d, snap.status, obs.first ? 0 : snap.updated_at_us);
                         emit(d, &e, resp->done_usec);
@@ -445,14 +474,10 @@ reschedule:
         coverage_reschedule(d, i);
         return API_OK;
 
-bad : {
-        unsigned suppressed;
-
-        if (log_ratelimit_ok(&d->decode_rl, uv_now(&d->loop), &suppressed))
-                log_warning("Undecodable answer for session '%s': %s (%u more suppressed)", id,
-                            reason ? reason : "invalid body", suppressed);
+bad:
+        log_ratelimited(&d->decode_rl, uv_now(&d->loop), LOG_WARNING,
+                        "Undecodable answer for session '%s': %s.", id, reason ? reason : "invalid body");
         return API_DECODE;
-}
 }
 
 static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp)
@@ -502,7 +527,7 @@ static void handle_not_found(Daemon *d, SessionIndex i, const HttpResponse *resp
         persist(d, i);
 }
 
-static void handle_auth(Daemon *d, SessionIndex i, long status)
+void daemon_auth_rejected(Daemon *d, long status)
 {
         uint64_t now = uv_now(&d->loop), pause;
 
@@ -521,6 +546,19 @@ static void handle_auth(Daemon *d, SessionIndex i, long status)
                 d->auth_level++;
                 scheduler_pause(&d->sched, now + pause);
         }
+}
+
+void daemon_auth_accepted(Daemon *d)
+{
+        if (d->auth_level > 0) {
+                log_notice("The API accepts the key again.");
+                d->auth_level = 0;
+        }
+}
+
+static void handle_auth(Daemon *d, SessionIndex i, long status)
+{
+        daemon_auth_rejected(d, status);
         if (!d->stopping)
                 schedule_after(d, i, 0);
 }
@@ -529,7 +567,6 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
 {
         uint64_t now = uv_now(&d->loop);
         uint64_t wait = retry_after_ms >= 0 ? (uint64_t)retry_after_ms : RATE_LIMIT_DEFAULT_MS;
-        unsigned suppressed;
 
         if (wait > RATE_LIMIT_MAX_MS) {
                 log_warning("Retry-After asks for %" PRIu64 " s; holding requests for %d s only.",
@@ -537,12 +574,13 @@ static void handle_rate_limited(Daemon *d, SessionIndex i, int64_t retry_after_m
                 wait = RATE_LIMIT_MAX_MS;
         }
 
-        if (now + wait > d->sched.paused_until_ms && log_ratelimit_ok(&d->rate_limit_rl, now, &suppressed))
-                log_warning("The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
-                            " ms.",
-                            wait);
-        if (now + wait > d->sched.paused_until_ms)
+        if (now + wait > d->sched.paused_until_ms) {
+                log_ratelimited(&d->rate_limit_rl, now, LOG_WARNING,
+                                "The API is rate limiting us (HTTP 429); holding all requests for %" PRIu64
+                                " ms.",
+                                wait);
                 d->rate_limit_pauses++;
+        }
         scheduler_pause(&d->sched, now + wait);
         if (!d->stopping)
                 schedule_after(d, i, wait);
@@ -552,22 +590,20 @@ static void handle_failure(Daemon *d, SessionIndex i, ApiOutcome o, const HttpRe
 {
         Session *rec = sessions_get(d->table, i);
         uint64_t delay;
-        unsigned suppressed;
 
         if (rec->failures < UINT8_MAX)
                 rec->failures++;
         delay = scheduler_backoff(&d->sched, rec->status, rec->failures);
-        if (o != API_DECODE && o != API_FORBIDDEN &&
-            log_ratelimit_ok(&d->poll_errors_rl, uv_now(&d->loop), &suppressed)) {
+        if (o != API_DECODE && o != API_FORBIDDEN) {
                 if (resp->error == HTTP_OK)
-                        log_warning("Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64
-                                    " ms (%u similar messages suppressed).",
-                                    sessions_id(d->table, i), resp->status, delay, suppressed);
+                        log_ratelimited(&d->poll_errors_rl, uv_now(&d->loop), LOG_WARNING,
+                                        "Polling session '%s' failed: HTTP %ld; retrying in %" PRIu64 " ms.",
+                                        sessions_id(d->table, i), resp->status, delay);
                 else
-                        log_warning("Polling session '%s' failed: %s (%s); retrying in %" PRIu64
-                                    " ms (%u similar messages suppressed).",
-                                    sessions_id(d->table, i), api_outcome_to_string(o),
-                                    resp->error_text ? resp->error_text : "", delay, suppressed);
+                        log_ratelimited(&d->poll_errors_rl, uv_now(&d->loop), LOG_WARNING,
+                                        "Polling session '%s' failed: %s (%s); retrying in %" PRIu64 " ms.",
+                                        sessions_id(d->table, i), api_outcome_to_string(o),
+                                        resp->error_text ? resp->error_text : "", delay);
         }
         if (!d->stopping)
                 schedule_after(d, i, delay);
@@ -583,6 +619,8 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         SessionIndex i = slot->session;
         Session *rec;
         ApiOutcome o = api_classify(resp);
+        /* The wall clock when the request went out, for stale_answer(). */
+        int64_t sent_us = realtime_usec() - (int64_t)(now_usec() - slot->start_usec);
 
         if (o != API_CANCELLED)
                 daemon_metrics_observe_poll(d, slot->start_usec, resp->done_usec);
@@ -602,15 +640,12 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         rec->flags &= ~SESSION_IN_FLIGHT;
 
         if (o == API_OK)
-                o = handle_session_body(d, i, resp);
+                o = handle_session_body(d, i, resp, sent_us);
         d->stats.polls[o]++;
 
         switch (o) {
         case API_OK:
-                if (d->auth_level > 0) {
-                        log_notice("The API accepts the key again.");
-                        d->auth_level = 0;
-                }
+                daemon_auth_accepted(d);
                 break;
         case API_NOT_FOUND:
                 handle_not_found(d, i, resp);
@@ -693,15 +728,13 @@ static void dispatch(Daemon *d)
                                                                        : PURPOSE_POLL;
                 r = api_get_session(&d->api, sessions_id(d->table, i), on_poll_done, slot);
                 if (r < 0) {
-                        unsigned suppressed;
-
                         slot_release(d, slot);
                         scheduler_complete(&d->sched);
                         if (rec->failures < UINT8_MAX)
                                 rec->failures++;
-                        if (log_ratelimit_ok(&d->poll_errors_rl, now, &suppressed))
-                                log_error_errno(r, "Failed to start a poll of session '%s': %m",
-                                                sessions_id(d->table, i));
+                        log_ratelimited_errno(&d->poll_errors_rl, now, LOG_ERR, r,
+                                              "Failed to start a poll of session '%s': %m",
+                                              sessions_id(d->table, i));
                         schedule_after(d, i, scheduler_backoff(&d->sched, rec->status, rec->failures));
                         continue;
                 }
@@ -1256,13 +1289,13 @@ static void log_stats(const Daemon *d)
         for (int k = 0; k < _API_OUTCOME_MAX; k++)
                 total += s->polls[k];
         log_info("Stopped after %" PRIu64 " polls (ok %" PRIu64 ", http_4xx %" PRIu64 ", http_5xx %" PRIu64
-                 ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", decode %" PRIu64
-                 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64 "), %" PRIu64
-                 " transitions, %" PRIu64 " events, %" PRIu64 " quick decodes; event latency p50 <= %" PRIu64
-                 " us, p99 <= %" PRIu64 " us.",
+                 ", rate_limited %" PRIu64 ", timeout %" PRIu64 ", network %" PRIu64 ", tls %" PRIu64
+                 ", decode %" PRIu64 ", not_found %" PRIu64 ", auth %" PRIu64 ", forbidden %" PRIu64
+                 "), %" PRIu64 " transitions, %" PRIu64 " events, %" PRIu64
+                 " quick decodes; event latency p50 <= %" PRIu64 " us, p99 <= %" PRIu64 " us.",
                  total, s->polls[API_OK], s->polls[API_CLIENT], s->polls[API_SERVER],
                  s->polls[API_RATE_LIMITED], s->polls[API_TIMEOUT],
-                 s->polls[API_NETWORK] + s->polls[API_TOO_LARGE], s->polls[API_DECODE],
+                 s->polls[API_NETWORK] + s->polls[API_TOO_LARGE], s->polls[API_TLS], s->polls[API_DECODE],
                  s->polls[API_NOT_FOUND], s->polls[API_AUTH], s->polls[API_FORBIDDEN], s->transitions,
                  s->events, s->quick_decodes, latency_quantile(s, 0.50), latency_quantile(s, 0.99));
 }
@@ -1446,6 +1479,7 @@ int daemon_run(const DaemonOptions *o)
             .decode_rl = LOG_RATELIMIT_INIT(10000, 5),
             .rate_limit_rl = LOG_RATELIMIT_INIT(10000, 3),
             .refuse_rl = LOG_RATELIMIT_INIT(10000, 3),
+            .stale_rl = LOG_RATELIMIT_INIT(10000, 3),
         };
         char errbuf[4096];
         ConfigEnv env;

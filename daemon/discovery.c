@@ -529,15 +529,14 @@ int discovery_start_due(Discovery *disc, uint64_t now)
                         free(req);
         }
         if (r < 0) {
-                unsigned suppressed;
                 char what[SESSION_ID_MAX + 32];
 
                 sc->failures++;
                 disc->counters->sweep_failures++;
                 sc->due_ms = now + retry_delay(sc);
                 describe(sc, what, sizeof(what));
-                if (log_ratelimit_ok(&disc->errors_rl, now, &suppressed))
-                        log_error_errno(r, "Failed to start a sweep of the sessions of %s: %m", what);
+                log_ratelimited_errno(&disc->errors_rl, now, LOG_ERR, r,
+                                      "Failed to start a sweep of the sessions of %s: %m", what);
                 return r;
         }
         sc->in_flight = true;
@@ -577,12 +576,9 @@ static int take_page(Discovery *disc, DiscoveryScope *sc, const HttpResponse *re
                 entries[n_ok].snap = SESSION_SNAPSHOT_NULL;
                 if (decode_session_object(json_object_array_get_idx(array, k), &entries[n_ok].snap,
                                           &reason) < 0) {
-                        unsigned suppressed;
-
-                        if (log_ratelimit_ok(&disc->decode_rl, uv_now(disc->loop), &suppressed))
-                                log_warning(
-                                    "Skipping entry %zu of a session list page: %s (%u more suppressed).", k,
-                                    reason ? reason : "not a session", suppressed);
+                        log_ratelimited(&disc->decode_rl, uv_now(disc->loop), LOG_WARNING,
+                                        "Skipping entry %zu of a session list page: %s.", k,
+                                        reason ? reason : "not a session");
                         continue;
                 }
                 updated[n_ok] = entries[n_ok].snap.updated_at_us;
@@ -636,7 +632,6 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
         uint64_t now = uv_now(disc->loop);
         const char *reason = NULL;
         char what[SESSION_ID_MAX + 32];
-        unsigned suppressed;
 
         free(req);
         sc->in_flight = false;
@@ -651,6 +646,8 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
         case API_OK: {
                 bool moved = false, complete = discovery_pager_complete(&sc->pager);
 
+                if (disc->cb.auth)
+                        disc->cb.auth(disc->userdata, false, resp->status);
                 sc->failures = 0;
                 if (complete)
                         sweep_end(disc, sc, now, &moved);
@@ -672,34 +669,41 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                  * polls too. The page is asked again when it ends. */
                 scheduler_pause(disc->sched, now + wait);
                 sc->due_ms = now + wait;
-                if (log_ratelimit_ok(&disc->errors_rl, now, &suppressed))
-                        log_warning(
-                            "The API is rate limiting us (HTTP 429) on the session list of %s; holding "
-                            "all requests for %" PRIu64 " ms.",
-                            what, wait);
+                log_ratelimited(&disc->errors_rl, now, LOG_WARNING,
+                                "The API is rate limiting us (HTTP 429) on the session list of %s; holding "
+                                "all requests for %" PRIu64 " ms.",
+                                what, wait);
                 break;
         }
+        case API_AUTH:
+                /* The key, not this scope, is refused: every request is
+                 * held as for a poll's 401, and the page is asked again once
+                 * the hold is over. */
+                disc->counters->sweep_failures++;
+                if (disc->cb.auth)
+                        disc->cb.auth(disc->userdata, true, resp->status);
+                sc->due_ms = disc->sched->paused_until_ms > now ? disc->sched->paused_until_ms
+                                                                : now + retry_delay(sc);
+                break;
         default:
                 sc->failures++;
                 disc->counters->sweep_failures++;
                 sc->due_ms = now + retry_delay(sc);
-                if (log_ratelimit_ok(&disc->errors_rl, now, &suppressed)) {
-                        if (o == API_DECODE)
-                                log_warning("Undecodable session list of %s: %s; retrying in %" PRIu64
-                                            " ms.",
-                                            what, reason ? reason : "invalid body", sc->due_ms - now);
-                        else if (resp->error == HTTP_OK)
-                                log_warning(
-                                    "Listing the sessions of %s failed: HTTP %ld; retrying in %" PRIu64
-                                    " ms.",
-                                    what, resp->status, sc->due_ms - now);
-                        else
-                                log_warning(
-                                    "Listing the sessions of %s failed: %s (%s); retrying in %" PRIu64
-                                    " ms.",
-                                    what, api_outcome_to_string(o), resp->error_text ? resp->error_text : "",
-                                    sc->due_ms - now);
-                }
+                if (o == API_DECODE)
+                        log_ratelimited(&disc->errors_rl, now, LOG_WARNING,
+                                        "Undecodable session list of %s: %s; retrying in %" PRIu64 " ms.",
+                                        what, reason ? reason : "invalid body", sc->due_ms - now);
+                else if (resp->error == HTTP_OK)
+                        log_ratelimited(&disc->errors_rl, now, LOG_WARNING,
+                                        "Listing the sessions of %s failed: HTTP %ld; retrying in %" PRIu64
+                                        " ms.",
+                                        what, resp->status, sc->due_ms - now);
+                else
+                        log_ratelimited(&disc->errors_rl, now, LOG_WARNING,
+                                        "Listing the sessions of %s failed: %s (%s); retrying in %" PRIu64
+                                        " ms.",
+                                        what, api_outcome_to_string(o),
+                                        resp->error_text ? resp->error_text : "", sc->due_ms - now);
                 break;
         }
 done:

@@ -158,6 +158,12 @@ typedef struct DiscoveryCallbacks {
         /* A list request started by discovery_start_due() has ended, in any
          * way (also cancelled): its in-flight count may go. */
         void (*done)(void *userdata);
+        /* May be NULL. The API answered a list request with HTTP 401
+         * (`rejected`, the HTTP status in `status`) or with a page (not
+         * `rejected`): the key is refused for every request, or accepted
+         * again. Called before `page`, and the scope's next page waits for
+         * the scheduler's pause that this may start. */
+        void (*auth)(void *userdata, bool rejected, long status);
 } DiscoveryCallbacks;
 
 typedef struct Discovery Discovery;

@@ -398,6 +398,8 @@ static int append_json_body(const Event *e, long sequence, EventBuffer *b)
 
         if (e->replayed && (r = buffer_puts(b, ",\"replayed\":true")) < 0)
                 return r;
+        if (e->skipped && (r = buffer_puts(b, ",\"skipped\":true")) < 0)
+                return r;
 
         if ((r = buffer_puts(b, ",\"session\":")) < 0)
                 return r;
@@ -767,6 +769,8 @@ int event_format_text(const Event *e, char *buf, size_t n)
         }
         if (e->replayed)
                 text_puts(&t, " (replayed)");
+        if (e->skipped)
+                text_puts(&t, " (a step in between was missed)");
 
         if (n > 0)
                 buf[t.len < n ? t.len : n - 1] = 0;

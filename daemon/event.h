@@ -68,6 +68,7 @@ typedef struct Event {
         const char *team_id;
 
         bool replayed;      /* the previous status came from durable state, not this run */
+        bool skipped;       /* a status in between was missed (session_status_step_missed()) */
         const char *source; /* "sessionwatchd://<hostname>" */
 } Event;
 
@@ -127,7 +128,7 @@ int event_buffer_append_json_string(EventBuffer *b, const char *s, size_t n);
  * {"specversion":"1.0","id":…,"source":…,"type":…,"subject":<session id>,
  *  "time":<RFC 3339 µs Z>,"datacontenttype":"application/json",
  *  "data":{"previousStatus":…|null,"status":…,["stalledForSeconds":N,]
- *          ["replayed":true,]"session":{…}}[,"sequence":N]}
+ *          ["replayed":true,]["skipped":true,]"session":{…}}[,"sequence":N]}
  *
  * gone:    data = {"previousStatus":<last known>,"status":null,"session":{"id":…}}
  * stalled: data = {"previousStatus":<status>,"status":<status>,

@@ -124,3 +124,37 @@ bool log_ratelimit_ok(LogRateLimit *rl, uint64_t now_ms, unsigned *ret_suppresse
         *ret_suppressed = 0;
         return false;
 }
+
+bool log_ratelimited_internal(LogRateLimit *rl, uint64_t now_ms, int level, int error, const char *file,
+                              int line, const char *func, const char *format, ...)
+{
+        char buf[2048];
+        unsigned suppressed;
+        int saved_errno = errno;
+        size_t len;
+        bool stop;
+        va_list ap;
+
+        if (!log_ratelimit_ok(rl, now_ms, &suppressed))
+                return false;
+        if (level > max_level)
+                return true;
+
+        /* The message is formatted here, so %m has to see `error` now. */
+        errno = error < 0 ? -error : error;
+        va_start(ap, format);
+        vsnprintf(buf, sizeof(buf), format, ap);
+        va_end(ap);
+        errno = saved_errno;
+
+        if (suppressed > 0) {
+                len = strlen(buf);
+                stop = len > 0 && buf[len - 1] == '.';
+                if (stop)
+                        buf[--len] = '\0';
+                snprintf(buf + len, sizeof(buf) - len, " (%u similar message%s suppressed)%s", suppressed,
+                         suppressed == 1 ? "" : "s", stop ? "." : "");
+        }
+        (void)log_internal(level, error, file, line, func, "%s", buf);
+        return true;
+}

@@ -60,3 +60,15 @@ typedef struct LogRateLimit {
 /* Returns true when a line may be logged now; *ret_suppressed is set to the
  * number of lines dropped since the last allowed one. */
 bool log_ratelimit_ok(LogRateLimit *rl, uint64_t now_ms, unsigned *ret_suppressed);
+
+/* Logs like log_full_errno() when `rl` lets a line through at `now_ms`, and
+ * says how many lines it held back before, as " (N similar messages
+ * suppressed)" ahead of the final full stop, only when there were any.
+ * Returns true when the line was let through (whatever the level). */
+bool log_ratelimited_internal(LogRateLimit *rl, uint64_t now_ms, int level, int error, const char *file,
+                              int line, const char *func, const char *format, ...)
+    __attribute__((format(printf, 8, 9)));
+
+#define log_ratelimited_errno(rl, now_ms, level, error, ...)                                                \
+        log_ratelimited_internal(rl, now_ms, level, error, __FILE__, __LINE__, __func__, __VA_ARGS__)
+#define log_ratelimited(rl, now_ms, level, ...) log_ratelimited_errno(rl, now_ms, level, 0, __VA_ARGS__)

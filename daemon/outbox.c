@@ -715,13 +715,9 @@ static void on_retry_timer_fire(uv_timer_t *t)
 
 static void log_failure(Outbox *o, int error, const char *what)
 {
-        unsigned suppressed;
-
         o->write_errors++;
-        if (log_ratelimit_ok(&o->error_rl, uv_now(o->loop), &suppressed))
-                log_error_errno(
-                    error, "Failed to %s the webhook outbox '%s/%s': %m (%u similar messages suppressed).",
-                    what, o->folder, o->file_name, suppressed);
+        log_ratelimited_errno(&o->error_rl, uv_now(o->loop), LOG_ERR, error,
+                              "Failed to %s the webhook outbox '%s/%s': %m.", what, o->folder, o->file_name);
 }
 
 static void apply_append(Outbox *o, Job *j)

@@ -411,8 +411,14 @@ int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in,
         /* An observation older than what we hold (a slow response overtaken
          * by a newer one, or a list page from before the last poll) says
          * nothing new and must never move the status backwards. */
+        ret->previous = s->status;
+        ret->previous_raw = status_raw(t, s);
+        ret->previous_updated_at_us = s->updated_at_us;
         if (updated_at_us < s->updated_at_us) {
+                /* Said apart, since an older answer with another status may
+                 * mean the API's clock went backwards: the caller decides. */
                 ret->result = OBSERVE_STALE;
+                ret->conflict = !same_status(t, s, st, status_raw_in, status_len);
                 return 0;
         }
 
@@ -423,9 +429,8 @@ int sessions_observe(SessionTable *t, SessionIndex i, const char *status_raw_in,
         }
 
         ret->result = OBSERVE_TRANSITION;
-        ret->previous = s->status;
-        ret->previous_raw = status_raw(t, s);
         ret->replayed = s->flags & SESSION_REPLAY;
+        ret->skipped = session_status_step_missed(s->status, st);
         set_status(t, s, st, status_raw_in, status_len);
         s->updated_at_us = updated_at_us;
         s->flags &= ~(SESSION_REPLAY | SESSION_STALLED);

@@ -55,16 +55,19 @@ typedef struct SessionTable SessionTable;
 
 typedef enum ObserveResult {
         OBSERVE_UNCHANGED,  /* same status; a newer updatedAt is taken in silently */
-        OBSERVE_STALE,      /* older than what the table holds: ignored */
+        OBSERVE_STALE,      /* older than what the table holds: ignored (see Observation.conflict) */
         OBSERVE_TRANSITION, /* first observation or a changed status */
 } ObserveResult;
 
 typedef struct Observation {
         ObserveResult result;
-        bool first;               /* no previous status */
-        bool replayed;            /* the previous status came from durable state */
-        SessionStatus previous;   /* valid unless first */
-        const char *previous_raw; /* the previous status as the API spelled it, unless first */
+        bool first;                     /* no previous status */
+        bool replayed;                  /* the previous status came from durable state */
+        bool conflict;                  /* OBSERVE_STALE with another status than the one held */
+        bool skipped;                   /* a transition that must have missed a step in between */
+        SessionStatus previous;         /* valid unless first */
+        const char *previous_raw;       /* the previous status as the API spelled it, unless first */
+        int64_t previous_updated_at_us; /* the updatedAt held before this observation, unless first */
 } Observation;
 
 int sessions_new(size_t max_sessions, SessionTable **ret);

@@ -65,7 +65,6 @@ static void print_async(PrintSink *p, const char *out, size_t len)
 {
         uv_buf_t b = uv_buf_init((char *)out, (unsigned)len);
         PrintWrite *w;
-        unsigned suppressed;
         int r;
 
         if (p->broken || p->closing)
@@ -87,10 +86,10 @@ static void print_async(PrintSink *p, const char *out, size_t len)
         }
         if (uv_stream_get_write_queue_size(&p->h.stream) + len > PRINT_QUEUE_MAX) {
                 p->dropped++;
-                if (log_ratelimit_ok(&p->drop_rl, uv_now(p->h.stream.loop), &suppressed))
-                        log_warning("Standard output is not being read; dropped %" PRIu64
-                                    " event line(s) so far.",
-                                    p->dropped);
+                log_ratelimited(&p->drop_rl, uv_now(p->h.stream.loop), LOG_WARNING,
+                                "Standard output is not being read; dropped %" PRIu64
+                                " event line(s) so far.",
+                                p->dropped);
                 return;
         }
         w = malloc(sizeof(*w) + len);

@@ -222,13 +222,12 @@ static void on_client_grace_timer(uv_timer_t *t)
 static void client_overflow(StreamClient *c)
 {
         SocketSink *s = c->server;
-        unsigned suppressed;
 
         s->stats.overflows++;
-        if (log_ratelimit_ok(&s->overflow_rl, uv_now(s->loop), &suppressed))
-                log_notice("An event stream client on '%s' stopped reading; disconnecting it "
-                           "(%" PRIu64 " so far, %u messages suppressed).",
-                           s->path, s->stats.overflows, suppressed);
+        log_ratelimited(&s->overflow_rl, uv_now(s->loop), LOG_NOTICE,
+                        "An event stream client on '%s' stopped reading; disconnecting it (%" PRIu64
+                        " so far).",
+                        s->path, s->stats.overflows);
         c->phase = CLIENT_DOOMED;
         if (client_send_copy(c, overflow_line, sizeof(overflow_line) - 1) < 0)
                 return;

@@ -150,13 +150,10 @@ static void on_retry_timer(uv_timer_t *t)
 
 static void drop(WebhookSink *w, OutboxEntry *e, const char *why)
 {
-        unsigned suppressed;
-
         w->stats.drops++;
-        if (log_ratelimit_ok(&w->drop_rl, uv_now(w->loop), &suppressed))
-                log_error("Webhook '%s' dropped event '%s' of session '%s': %s (%u similar messages "
-                          "suppressed).",
-                          w->name, e->event_id, e->session_id, why, suppressed);
+        log_ratelimited(&w->drop_rl, uv_now(w->loop), LOG_ERR,
+                        "Webhook '%s' dropped event '%s' of session '%s': %s.", w->name, e->event_id,
+                        e->session_id, why);
         outbox_done(w->outbox, e);
 }
 
@@ -179,8 +176,6 @@ static void start_attempt(WebhookSink *w, OutboxEntry *e)
                                          (long)w->timeout_ms, on_attempt_done, a);
         }
         if (r < 0) {
-                unsigned suppressed;
-
                 if (a)
                         webhook_headers_free(a->headers);
                 free(a);
@@ -188,9 +183,9 @@ static void start_attempt(WebhookSink *w, OutboxEntry *e)
                         e->failures++;
                 e->not_before_ms = uv_now(w->loop) + webhook_retry_delay(w->retry_min_ms, w->retry_max_ms,
                                                                          e->failures, next_random(w));
-                if (log_ratelimit_ok(&w->fail_rl, uv_now(w->loop), &suppressed))
-                        log_error_errno(r, "Failed to start delivering event '%s' to webhook '%s': %m",
-                                        e->event_id, w->name);
+                log_ratelimited_errno(&w->fail_rl, uv_now(w->loop), LOG_ERR, r,
+                                      "Failed to start delivering event '%s' to webhook '%s': %m",
+                                      e->event_id, w->name);
                 return;
         }
         e->in_flight = true;
@@ -279,7 +274,6 @@ static void retry_later(WebhookSink *w, OutboxEntry *e, WebhookFailure kind, con
             (kind == WEBHOOK_FAILURE_RATE_LIMITED || (resp->error == HTTP_OK && resp->status == 503)) &&
             resp->retry_after_ms >= 0;
         uint64_t delay;
-        unsigned suppressed;
 
         w->stats.failures[kind]++;
         if (e->failures < UINT16_MAX)
@@ -298,17 +292,17 @@ static void retry_later(WebhookSink *w, OutboxEntry *e, WebhookFailure kind, con
                         w->paused_until_ms = uv_now(w->loop) + delay;
         }
         e->not_before_ms = uv_now(w->loop) + delay;
-        if (!log_ratelimit_ok(&w->fail_rl, uv_now(w->loop), &suppressed))
-                return;
         if (resp->error == HTTP_OK)
-                log_warning("Delivering event '%s' to webhook '%s' failed: HTTP %ld; retrying in %" PRIu64
-                            " ms (%u similar messages suppressed).",
-                            e->event_id, w->name, resp->status, delay, suppressed);
+                log_ratelimited(
+                    &w->fail_rl, uv_now(w->loop), LOG_WARNING,
+                    "Delivering event '%s' to webhook '%s' failed: HTTP %ld; retrying in %" PRIu64 " ms.",
+                    e->event_id, w->name, resp->status, delay);
         else
-                log_warning("Delivering event '%s' to webhook '%s' failed: %s (%s); retrying in %" PRIu64
-                            " ms (%u similar messages suppressed).",
-                            e->event_id, w->name, http_error_to_string(resp->error),
-                            resp->error_text ? resp->error_text : "", delay, suppressed);
+                log_ratelimited(&w->fail_rl, uv_now(w->loop), LOG_WARNING,
+                                "Delivering event '%s' to webhook '%s' failed: %s (%s); retrying in %" PRIu64
+                                " ms.",
+                                e->event_id, w->name, http_error_to_string(resp->error),
+                                resp->error_text ? resp->error_text : "", delay);
 }
 
 /* httpmux completion, on the loop thread, once per attempt. */
@@ -471,7 +465,6 @@ void sink_webhook_on_written(Sink *s, void (*cb)(void *userdata), void *userdata
 static void webhook_emit(Sink *s, const Event *e)
 {
         WebhookSink *w = (WebhookSink *)s;
-        unsigned suppressed;
         int r;
 
         if (w->closing)
@@ -485,12 +478,10 @@ static void webhook_emit(Sink *s, const Event *e)
                 r = outbox_append(w->outbox, e->session_id, e->id, realtime_us(), w->body.data, w->body.len);
         if (r < 0) {
                 w->stats.drops++;
-                if (log_ratelimit_ok(&w->drop_rl, uv_now(w->loop), &suppressed))
-                        log_error_errno(
-                            r,
-                            "Webhook '%s' dropped event '%s' of session '%s': cannot queue it: %m (%u "
-                            "similar messages suppressed).",
-                            w->name, e->id, e->session_id, suppressed);
+                log_ratelimited_errno(
+                    &w->drop_rl, uv_now(w->loop), LOG_ERR, r,
+                    "Webhook '%s' dropped event '%s' of session '%s': cannot queue it: %m.", w->name, e->id,
+                    e->session_id);
         }
 }
 

@@ -856,7 +856,6 @@ static void arm_retry(State *s)
  * later, with backoff. */
 static void fail(State *s, int error, const char *what)
 {
-        unsigned suppressed;
         bool was_stale = s->stale;
 
         s->write_errors++;
@@ -868,14 +867,10 @@ static void fail(State *s, int error, const char *what)
         buf_reset(&s->pending);
         arm_retry(s);
 
-        if (log_ratelimit_ok(&s->ratelimit, uv_now(s->loop), &suppressed)) {
-                if (suppressed > 0)
-                        log_warning("Suppressed %u similar messages about the state file.", suppressed);
-                log_warning_errno(error,
-                                  "Failed to %s state file '%s': %m. Polling and notifications go on; "
-                                  "the state file is %s and will be rewritten once writing works again.",
-                                  what, s->file_path, was_stale ? "still stale" : "now stale");
-        }
+        log_ratelimited_errno(&s->ratelimit, uv_now(s->loop), LOG_WARNING, error,
+                              "Failed to %s state file '%s': %m. Polling and notifications go on; "
+                              "the state file is %s and will be rewritten once writing works again.",
+                              what, s->file_path, was_stale ? "still stale" : "now stale");
 }
 
 /* ---- Jobs ---- */

@@ -35,3 +35,18 @@ SessionStatus session_status_from_string(const char *s, size_t len)
                         return i;
         return SESSION_STATUS_UNKNOWN;
 }
+
+bool session_status_step_missed(SessionStatus from, SessionStatus to)
+{
+        switch (to) {
+        case SESSION_STATUS_WAITING:
+                return from == SESSION_STATUS_PENDING;
+        case SESSION_STATUS_SUCCEEDED:
+                return from == SESSION_STATUS_PENDING || from == SESSION_STATUS_WAITING;
+        case SESSION_STATUS_CANCELLED:
+                return from == SESSION_STATUS_PENDING || from == SESSION_STATUS_ACTIVE ||
+                       from == SESSION_STATUS_WAITING;
+        default:
+                return false;
+        }
+}

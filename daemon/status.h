@@ -31,6 +31,16 @@ const char *session_status_to_type(SessionStatus s);
  * SESSION_STATUS_UNKNOWN. The string need not be NUL-terminated. */
 SessionStatus session_status_from_string(const char *s, size_t len);
 
+/* Whether a session that was `from` and is now `to` must have been in another
+ * status in between, which a poll or a list did not see: the answer carries
+ * no history, so this follows from the statuses alone. True for
+ * Pending -> Waiting (it waits for a human only while it runs: Active),
+ * Pending or Waiting -> Succeeded (it succeeds by running to its end:
+ * Active), and Pending, Active or Waiting -> Cancelled (cancelling goes
+ * through Cancelling). False for every other pair, unknown statuses
+ * included. */
+bool session_status_step_missed(SessionStatus from, SessionStatus to);
+
 static inline bool session_status_is_terminal(SessionStatus s)
 {
         return s == SESSION_STATUS_SUCCEEDED || s == SESSION_STATUS_FAILED || s == SESSION_STATUS_CANCELLED;

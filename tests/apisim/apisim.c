@@ -89,6 +89,10 @@
  *   POST   /_sim/status            {"id":"ses...","status":"Failed"}: the
  *                                  status changes now; the rest of the
  *                                  timeline is dropped. Returns the session.
+ *                                  "updatedAt": Unix seconds dates the change
+ *                                  then instead (not in the future): the
+ *                                  steps after it are dropped, so updatedAt
+ *                                  can go backwards.
  *   POST   /_sim/sessions          Scenario format, times relative to now.
  *                                  Returns {"added":N,"ids":[...]}.
  *   GET    /_sim/sessions          {"sessions":[{"id","runbookID","visible",
@@ -521,6 +525,13 @@ static int server_fault_answer(struct MHD_Connection *conn, const struct fault_a
                  * client sees a known session vanish (deleted, or access lost). */
                 *ret = server_error(conn, MHD_HTTP_NOT_FOUND, 0, "session not found");
                 return 0;
+        case FAULT_401:
+                /* What a key the API no longer accepts gets (revoked,
+                 * rotated): the answer of a wrong key, on a request that
+                 * carried the right one. */
+                *ret = server_error(conn, MHD_HTTP_UNAUTHORIZED, 0,
+                                    "missing or invalid API key (X-Airplane-API-Key)");
+                return 0;
         case FAULT_403:
                 /* What a private session answers to a key without access. */
                 *ret = server_error(conn, MHD_HTTP_FORBIDDEN, 0, "forbidden");
@@ -831,7 +842,8 @@ static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const ch
                 return server_reply(conn, MHD_HTTP_OK, &b);
         }
         if (strcmp(path, "status") == 0) {
-                json_object *jid, *jst;
+                json_object *jid, *jst, *jat;
+                int64_t now = simtime_now_us(), at = now;
 
                 if (!post)
                         goto not_allowed_post;
@@ -845,8 +857,24 @@ static enum MHD_Result server_handle_admin(struct MHD_Connection *conn, const ch
                         return server_admin_error(conn, MHD_HTTP_BAD_REQUEST,
                                                   "body must be {\"id\":\"ses...\",\"status\":\"...\"}");
                 }
-                r = store_set_status(json_object_get_string(jid), json_object_get_string(jst),
-                                     simtime_now_us(), &b);
+                /* An updatedAt in the past winds the session back: the
+                 * change is dated then and what came after it is gone, as
+                 * an API whose clock went backwards would answer. */
+                if (json_object_object_get_ex(body, "updatedAt", &jat)) {
+                        double secs = json_object_get_double(jat);
+
+                        if (!(json_object_is_type(jat, json_type_double) ||
+                              json_object_is_type(jat, json_type_int)) ||
+                            !(secs > 0) || secs * 1e6 > (double)now) {
+                                json_object_put(body);
+                                sbuf_done(&b);
+                                return server_admin_error(
+                                    conn, MHD_HTTP_BAD_REQUEST,
+                                    "\"updatedAt\" must be Unix seconds, not in the future");
+                        }
+                        at = (int64_t)(secs * 1e6);
+                }
+                r = store_set_status(json_object_get_string(jid), json_object_get_string(jst), at, &b);
                 json_object_put(body);
                 if (r < 0) {
                         sbuf_done(&b);

@@ -50,6 +50,7 @@ static const char *const faults_names[FAULT_KIND_MAX] = {
     [FAULT_HUGE] = "huge",
     [FAULT_UNKNOWN_STATUS] = "unknown-status",
     [FAULT_LIST_MISS] = "list-miss",
+    [FAULT_401] = "401",
 };
 
 static struct {
@@ -147,10 +148,11 @@ int faults_add(json_object *obj, struct sbuf *out, char *err, size_t errlen)
                 if (strcmp(kind, faults_names[k]) == 0)
                         break;
         if (k == FAULT_KIND_MAX) {
-                snprintf(err, errlen,
-                         "unknown fault kind '%.64s' (expected 500, 502, 503, 404, 403, 429, delay, reset, "
-                         "truncate, invalid-json, wrong-type, huge, unknown-status or list-miss)",
-                         kind);
+                snprintf(
+                    err, errlen,
+                    "unknown fault kind '%.64s' (expected 500, 502, 503, 404, 403, 401, 429, delay, reset, "
+                    "truncate, invalid-json, wrong-type, huge, unknown-status or list-miss)",
+                    kind);
                 return -EINVAL;
         }
 

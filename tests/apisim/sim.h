@@ -151,6 +151,7 @@ enum fault_kind {
         FAULT_HUGE,
         FAULT_UNKNOWN_STATUS,
         FAULT_LIST_MISS,
+        FAULT_401,
         FAULT_KIND_MAX,
 };
 

@@ -1294,6 +1294,9 @@ int store_execute(const char *runbook_id, const char *slug, json_object *param_v
  * are its history), the rest of its timeline is dropped, and the new status
  * becomes the last step.
  */
+/* The status becomes `status` at `now` (Unix µs), which may be in the past:
+ * the steps after it are dropped, and the session is rendered as of the
+ * real time. */
 int store_set_status(const char *id, const char *status, int64_t now, struct sbuf *out)
 {
         struct step buf[STORE_MAX_STEPS];
@@ -1324,7 +1327,7 @@ int store_set_status(const char *id, const char *status, int64_t now, struct sbu
         store_timeline_free(s->tl);
         s->tl = tl;
 
-        store_view(s, now, &v);
+        store_view(s, now > simtime_now_us() ? now : simtime_now_us(), &v);
         store_render(s, &v, NULL, out);
         pthread_rwlock_unlock(&store.lock);
         return 0;

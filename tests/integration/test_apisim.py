@@ -422,7 +422,8 @@ class FaultTest(ApiSimCase):
 
     def test_http_error_faults_count_and_retry_after(self):
         sim = self.sim
-        for kind, status in (("500", 500), ("502", 502), (503, 503), ("404", 404), ("403", 403)):
+        for kind, status in (("500", 500), ("502", 502), (503, 503), ("404", 404), ("403", 403),
+                             ("401", 401)):
             with self.subTest(kind=kind):
                 sim.fault(kind, count=2)
                 self.assert_json_error(self.get(sim, "ses_f1"), status)
@@ -440,7 +441,7 @@ class FaultTest(ApiSimCase):
         self.assertEqual(self.get(sim, "ses_f1").headers["Retry-After"], "1")
         faults = sim.counters()["faults"]
         self.assertEqual((faults["500"], faults["502"], faults["503"], faults["429"], faults["404"],
-                          faults["403"]), (2, 2, 3, 2, 2, 2))
+                          faults["403"], faults["401"]), (2, 2, 3, 2, 2, 2, 2))
         self.assertEqual(self.get(sim, "ses_f1").json()["id"], "ses_f1")
 
     def test_reset_closes_the_connection_without_a_response(self):

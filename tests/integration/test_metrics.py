@@ -45,6 +45,7 @@ FAMILIES = {
     "sessionwatch_polls_total": "counter",
     "sessionwatch_poll_duration_seconds": "histogram",
     "sessionwatch_requests_in_flight": "gauge",
+    "sessionwatch_stale_answers_total": "counter",
     "sessionwatch_api_paused": "gauge",
     "sessionwatch_api_rate_limit_pauses_total": "counter",
     "sessionwatch_discovery_sweeps_total": "counter",
@@ -208,7 +209,8 @@ class MetricsTest(unittest.TestCase):
         self.assertRegex(dict(build[0])["version"], r"^\d+\.\d+\.\d+")
         # The poll outcomes are the documented set, the finer API outcomes folded in.
         outcomes = {dict(labels)["outcome"] for (name, labels) in samples if name == "sessionwatch_polls_total"}
-        self.assertEqual(outcomes, {"ok", "http_4xx", "http_5xx", "rate_limited", "timeout", "network", "decode"})
+        self.assertEqual(outcomes, {"ok", "http_4xx", "http_5xx", "rate_limited", "timeout", "network", "decode",
+                                    "tls"})
         self.assertGreaterEqual(value(samples, "sessionwatch_metrics_scrapes_total", result="ok"), 1)
         daemon.stop()
 

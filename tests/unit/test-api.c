@@ -70,7 +70,7 @@ static void test_classify(void **state)
                 { HTTP_ERR_TIMEOUT, 0, API_TIMEOUT },
                 { HTTP_ERR_CONNECT, 0, API_NETWORK },
                 { HTTP_ERR_NETWORK, 0, API_NETWORK },
-                { HTTP_ERR_TLS, 0, API_NETWORK },
+                { HTTP_ERR_TLS, 0, API_TLS },
                 { HTTP_ERR_TOO_LARGE, 0, API_TOO_LARGE },
                 { HTTP_ERR_CANCELLED, 0, API_CANCELLED },
                 { HTTP_ERR_INTERNAL, 0, API_NETWORK },

@@ -244,6 +244,16 @@ static void test_json_transition(void **state)
                     "\"data\":{\"previousStatus\":\"Active\",\"status\":\"Failed\",\"replayed\":true,"
                     "\"session\":" SESSION_JSON "},\"sequence\":42}");
 
+        /* A transition that missed a step in between. */
+        e.replayed = false;
+        e.skipped = true;
+        assert_json(&e, -1,
+                    "{\"specversion\":\"1.0\",\"id\":\"" ID_FAILED "\",\"source\":\"" SOURCE "\","
+                    "\"type\":\"sessionwatch.session.failed\",\"subject\":\"ses20220120za1pskd\","
+                    "\"time\":\"2026-11-29T10:32:35.123456Z\",\"datacontenttype\":\"application/json\","
+                    "\"data\":{\"previousStatus\":\"Active\",\"status\":\"Failed\",\"skipped\":true,"
+                    "\"session\":" SESSION_JSON "}}");
+
         /* First observation. */
         make_transition(&e, s, NULL);
         assert_json(&e, 0,
@@ -659,6 +669,12 @@ static void test_text(void **state)
         e.name = NULL;
         event_format_text(&e, buf, sizeof(buf));
         assert_string_equal(buf, "10:32:35 ses20220120za1pskd Active \xe2\x86\x92 Failed (replayed)");
+
+        e.replayed = false;
+        e.skipped = true;
+        event_format_text(&e, buf, sizeof(buf));
+        assert_string_equal(
+            buf, "10:32:35 ses20220120za1pskd Active \xe2\x86\x92 Failed (a step in between was missed)");
 
         assert_int_equal(event_init_gone(&e, "ses1", "Waiting", 0, SOURCE), 0);
         e.time_us = T_EVENT;

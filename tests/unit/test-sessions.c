@@ -570,6 +570,18 @@ static void run_sequence(const Sequence *seq)
                                 step_fail(seq, k, "peek said %d, expected %d", peeked, st->result);
                         if (o.first != st->first)
                                 step_fail(seq, k, "first=%d, expected %d", o.first, st->first);
+                        /* A stale answer changes nothing, so what it is
+                         * compared with is what the step expects after it. */
+                        if (o.result == OBSERVE_STALE) {
+                                bool conflict = strcmp(st->status, st->current_raw) != 0;
+
+                                if (o.conflict != conflict)
+                                        step_fail(seq, k, "conflict=%d, expected %d", o.conflict, conflict);
+                                if (o.previous_updated_at_us != st->current_updated_at_us)
+                                        step_fail(seq, k,
+                                                  "previous updatedAt %" PRId64 ", expected %" PRId64,
+                                                  o.previous_updated_at_us, st->current_updated_at_us);
+                        }
                         if (o.result == OBSERVE_TRANSITION && !o.first) {
                                 if (o.replayed != st->replayed)
                                         step_fail(seq, k, "replayed=%d, expected %d", o.replayed,
@@ -776,6 +788,28 @@ static void test_memory_budget(void **state)
         sessions_free(t);
 }
 
+/* Which pairs of statuses must have missed one in between: the whole table,
+ * so that a pair added or lost by mistake shows. */
+static void test_step_missed(void **state)
+{
+        static const char *const missed[] = {"Pending>Waiting",   "Pending>Succeeded", "Waiting>Succeeded",
+                                             "Pending>Cancelled", "Active>Cancelled",  "Waiting>Cancelled"};
+        (void)state;
+
+        for (int from = 0; from < _SESSION_STATUS_MAX; from++)
+                for (int to = 0; to < _SESSION_STATUS_MAX; to++) {
+                        char pair[64];
+                        bool want = false;
+
+                        snprintf(pair, sizeof(pair), "%s>%s", session_status_to_string(from),
+                                 session_status_to_string(to));
+                        for (size_t k = 0; k < sizeof(missed) / sizeof(missed[0]); k++)
+                                want = want || strcmp(pair, missed[k]) == 0;
+                        if (session_status_step_missed(from, to) != want)
+                                fail_msg("%s: expected %d", pair, want);
+                }
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -787,6 +821,7 @@ int main(void)
             cmocka_unit_test(test_remove_readd_fresh),
             cmocka_unit_test(test_churn_memory_bounded),
             cmocka_unit_test(test_observe_sequences),
+            cmocka_unit_test(test_step_missed),
             cmocka_unit_test(test_observe_independent),
             cmocka_unit_test(test_peek_pure),
             cmocka_unit_test(test_unknown_intern_bounded),

@@ -49,6 +49,9 @@ typedef enum ConfigWebhookFormat {
  * status.h; SESSION_STATUS_MASK_ALL is "all". */
 typedef uint32_t ConfigStatusMask;
 
+/* The default of [webhook] max-age (see the key table in config.c). */
+#define CONFIG_DEFAULT_WEBHOOK_MAX_AGE_MS ((uint64_t)24 * 3600 * 1000)
+
 typedef struct ConfigWebhook {
         char *name;          /* from [webhook "NAME"]: [A-Za-z0-9_.-], 1-64 characters */
         unsigned line;       /* line of the section header, for messages */

@@ -344,6 +344,7 @@ static void write_webhooks(Daemon *d, MetricsText *m)
                              "1 while the webhook is disabled by an HTTP 410.", WEBHOOK_FIELD_DISABLED);
         write_webhook_family(d, m, "sessionwatch_webhook_outbox_degraded", "gauge",
                              "1 while writing the webhook's outbox file fails.", WEBHOOK_FIELD_DEGRADED);
+        daemon_orphans_metrics(d, m);
 }
 
 static void write_sockets(Daemon *d, MetricsText *m)

@@ -97,6 +97,10 @@ struct Daemon {
 
         Sink **sinks;
         size_t n_sinks;
+        /* Orphaned webhook queues (daemon-orphans.c): webhook sinks not in
+         * sinks[], each one until its events expired. */
+        Sink **orphans;
+        size_t n_orphans;
 
         State *state;         /* NULL: no state folder configured */
         /* State writes held back until the webhook outboxes hold the events
@@ -195,6 +199,23 @@ void coverage_forget(Daemon *d, SessionIndex i);
 void coverage_reschedule(Daemon *d, SessionIndex i);
 /* Re-reads the settings after a reload. */
 void coverage_reload(Daemon *d);
+
+/* ---- daemon-orphans.c ---- */
+
+/* Opens the outbox files of the state folder that no [webhook] names as
+ * orphaned queues (start-up, blocking like the webhooks' own). Returns 0 or
+ * -ENOMEM (a file that does not open is logged and left alone). */
+int daemon_orphans_scan(Daemon *d);
+/* Turns a webhook sink taken out of sinks[] into an orphaned queue. */
+void daemon_orphan_webhook(Daemon *d, Sink *s);
+/* Takes the orphaned queue of that name out of the list, or NULL. */
+Sink *daemon_orphan_take(Daemon *d, const char *name);
+/* Closes them all (shutdown). */
+void daemon_orphans_close(Daemon *d);
+/* The "orphanedQueues" of the status reply. */
+struct json_object *daemon_orphans_status(Daemon *d);
+/* Their metric families. */
+void daemon_orphans_metrics(Daemon *d, MetricsText *m);
 
 /* ---- daemon.c, for the parts split from it ---- */
 

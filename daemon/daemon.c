@@ -800,6 +800,7 @@ static void finish(Daemon *d)
                 sink_close(d->sinks[i]);
                 d->sinks[i] = NULL;
         }
+        daemon_orphans_close(d);
         if (d->control) {
                 control_close(d->control);
                 d->control = NULL;
@@ -1510,9 +1511,10 @@ int daemon_run(const DaemonOptions *o)
         d.sig_hup.data = &d;
         (void)notify_init(&d.notify, &d.loop, on_notify_status, &d);
 
-        if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = setup_sessions(&d)) < 0 ||
-            (r = coverage_setup(&d)) < 0 || (r = setup_state(&d)) < 0 || (r = schedule_all(&d)) < 0 ||
-            (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0 || (r = daemon_setup_metrics(&d)) < 0) {
+        if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = daemon_orphans_scan(&d)) < 0 ||
+            (r = setup_sessions(&d)) < 0 || (r = coverage_setup(&d)) < 0 || (r = setup_state(&d)) < 0 ||
+            (r = schedule_all(&d)) < 0 || (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0 ||
+            (r = daemon_setup_metrics(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -1673,7 +1675,8 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
 
 /* Removes sinks[k] from the array (keeping the order of the others) and
  * closes it; held state writes stop waiting for it. */
-static void remove_sink(Daemon *d, size_t k)
+/* Takes sink k out of sinks[] and returns it. */
+static Sink *detach_sink(Daemon *d, size_t k)
 {
         Sink *s = d->sinks[k];
 
@@ -1684,7 +1687,12 @@ static void remove_sink(Daemon *d, size_t k)
                         j++;
         memmove(&d->sinks[k], &d->sinks[k + 1], (d->n_sinks - k - 1) * sizeof(Sink *));
         d->n_sinks--;
-        sink_close(s);
+        return s;
+}
+
+static void remove_sink(Daemon *d, size_t k)
+{
+        sink_close(detach_sink(d, k));
 }
 
 static int append_sink(Daemon *d, Sink *s)
@@ -1753,9 +1761,10 @@ static int reload_webhooks(Daemon *d, const Config *c, ReloadReport *rep)
                         k++;
                         continue;
                 }
-                log_info("Webhook '%s' is no longer configured; undelivered events stay in its outbox.",
+                log_info("Webhook '%s' is no longer configured; its undelivered events stay in its outbox "
+                         "until they expire.",
                          sink_webhook_name(s));
-                remove_sink(d, k);
+                daemon_orphan_webhook(d, detach_sink(d, k));
                 rep->webhooks_removed++;
         }
 
@@ -1789,10 +1798,20 @@ static int reload_webhooks(Daemon *d, const Config *c, ReloadReport *rep)
                                   c->webhooks[j].name);
                         return -EINVAL;
                 }
-                /* Loading the outbox blocks for a moment, as at start-up. */
-                r = sink_webhook_new(&d->loop, &wo, &s);
-                if (r < 0)
-                        return r;
+                s = daemon_orphan_take(d, c->webhooks[j].name);
+                if (s) {
+                        /* Its orphaned queue, with what it still holds. */
+                        r = sink_webhook_adopt(s, &wo);
+                        if (r < 0) {
+                                daemon_orphan_webhook(d, s);
+                                return r;
+                        }
+                } else {
+                        /* Loading the outbox blocks for a moment, as at start-up. */
+                        r = sink_webhook_new(&d->loop, &wo, &s);
+                        if (r < 0)
+                                return r;
+                }
                 sink_webhook_on_written(s, on_outbox_written, d);
                 r = append_sink(d, s);
                 if (r < 0) {
@@ -2135,6 +2154,7 @@ static json_object *cmd_status(void *userdata, json_object *req)
         json_object_object_add(o, "transitions", json_object_new_int64((int64_t)d->stats.transitions));
         json_object_object_add(o, "events", json_object_new_int64((int64_t)d->stats.events));
         json_object_object_add(o, "webhooks", webhooks);
+        json_object_object_add(o, "orphanedQueues", daemon_orphans_status(d));
         json_object_object_add(o, "state", state);
         json_object_object_add(o, "eventsSocket",
                                d->stream ? json_string_or_null(sink_socket_path(d->stream)) : NULL);

@@ -1098,6 +1098,19 @@ void outbox_stats(const Outbox *o, OutboxStats *ret)
         };
 }
 
+bool outbox_busy(const Outbox *o)
+{
+        return o->in_flight;
+}
+
+int outbox_unlink(Outbox *o)
+{
+        assert(!o->in_flight && !o->closing);
+        if (unlinkat(o->dir_fd, o->file_name, 0) < 0 && errno != ENOENT)
+                return -errno;
+        return 0;
+}
+
 static void outbox_free(Outbox *o)
 {
         free_entries(o->head);

@@ -138,6 +138,15 @@ void outbox_done(Outbox *o, OutboxEntry *e);
 
 void outbox_stats(const Outbox *o, OutboxStats *ret);
 
+/* Whether a threadpool job (a write, read-back or rewrite) is under way. */
+bool outbox_busy(const Outbox *o);
+
+/* Removes the file from the folder, on the loop thread (one unlinkat(2));
+ * call it only while !outbox_busy() (a rewrite would put it back) and
+ * before outbox_close(), whose last writes then go nowhere. Returns 0 or
+ * the -errno of unlinkat(). */
+int outbox_unlink(Outbox *o);
+
 /* Writes what is pending and fdatasyncs (in the threadpool, after a job in
  * flight), closes the file and the handles, frees the outbox and its
  * entries, then calls `closed` (may be NULL) from the loop. */

@@ -385,6 +385,18 @@ static void print_status(json_object *r)
                                   json_object_get_double(get(h, "oldestAgeSeconds")),
                                   get_int(h, "delivered"), get_int(h, "dropped"));
                 }
+        {
+                json_object *orphans = get(r, "orphanedQueues");
+                size_t n = orphans ? json_object_array_length(orphans) : 0;
+
+                for (size_t j = 0; j < n; j++) {
+                        json_object *q = json_object_array_get_idx(orphans, j);
+                        print_row(j == 0 ? "Orphaned queues" : "",
+                                  "%s: %" PRId64 " event(s) (oldest %.0f s), %s", get_str(q, "name", "?"),
+                                  get_int(q, "events"), json_object_get_double(get(q, "oldestAgeSeconds")),
+                                  get_str(q, "file", "?"));
+                }
+        }
 }
 
 static void print_reload(json_object *r)

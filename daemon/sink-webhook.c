@@ -72,6 +72,14 @@ struct WebhookSink {
 
         void (*written_cb)(void *userdata);
         void *written_userdata;
+
+        /* An orphaned queue: the webhook left the config. Nothing new comes
+         * in and nothing is attempted; events leave by max-age, and once
+         * none is left the file is removed and `emptied` is called. */
+        bool orphan;
+        char *outbox_path;
+        void (*emptied)(void *userdata, Sink *s);
+        void *emptied_userdata;
 };
 
 static const char *const failure_names[_WEBHOOK_FAILURE_MAX] = {
@@ -142,6 +150,8 @@ static void seen_reset(WebhookSink *w)
 }
 
 static void dispatch(WebhookSink *w);
+static int webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, bool orphan, Sink **ret);
+static bool orphan_finish(WebhookSink *w);
 
 static void on_retry_timer(uv_timer_t *t)
 {
@@ -201,7 +211,7 @@ static void dispatch(WebhookSink *w)
 
         if (w->closing)
                 return;
-        if (now < w->paused_until_ms && !w->disabled) {
+        if (now < w->paused_until_ms && !w->disabled && !w->orphan) {
                 /* The receiver asked for a pause (429 or 503 with
                  * Retry-After): nothing goes before it ends. */
                 uv_timer_start(&w->timer, on_retry_timer, w->paused_until_ms - now, 0);
@@ -227,10 +237,11 @@ static void dispatch(WebhookSink *w)
                         continue;
                 }
                 expires = now + (w->max_age_ms - (age_us > 0 ? (uint64_t)age_us / 1000 : 0));
-                if (w->disabled) {
+                if (w->disabled || w->orphan) {
                         /* Kept for a restart or reload, but not past
                          * max-age: the outbox of a disabled webhook does
-                         * not grow without bound. */
+                         * not grow without bound, and that of a removed
+                         * one goes away. */
                         if (expires < wake)
                                 wake = expires;
                         continue;
@@ -248,10 +259,42 @@ static void dispatch(WebhookSink *w)
                 if (!e->in_flight && e->not_before_ms < wake)
                         wake = e->not_before_ms;
         }
+        if (w->orphan && orphan_finish(w))
+                return;
         if (wake == UINT64_MAX)
                 uv_timer_stop(&w->timer);
         else
                 uv_timer_start(&w->timer, on_retry_timer, wake > now ? wake - now : 0, 0);
+}
+
+/* The last event of an orphaned queue is gone: removes the file, once no
+ * outbox job is under way (a rewrite could put it back), and tells the
+ * owner, which closes the sink. Runs from dispatch(). */
+static bool orphan_finish(WebhookSink *w)
+{
+        OutboxStats os;
+        int r;
+
+        outbox_stats(w->outbox, &os);
+        if (os.pending > 0 || w->in_flight > 0)
+                return false;
+        if (outbox_busy(w->outbox)) {
+                /* Its done records are being written: look again soon. */
+                uv_timer_start(&w->timer, on_retry_timer, 10, 0);
+                return true;
+        }
+        r = outbox_unlink(w->outbox);
+        if (r < 0)
+                log_error_errno(r, "Failed to remove the empty orphaned webhook outbox '%s': %m",
+                                w->outbox_path);
+        else
+                log_info("Removed the orphaned webhook outbox '%s': every event in it expired.",
+                         w->outbox_path);
+        w->orphan = false;
+        uv_timer_stop(&w->timer);
+        if (w->emptied)
+                w->emptied(w->emptied_userdata, &w->sink);
+        return true;
 }
 
 static void disable(WebhookSink *w)
@@ -429,6 +472,62 @@ int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *o)
         return 0;
 }
 
+int sink_webhook_new_orphan(uv_loop_t *loop, const char *state_folder, const char *name, uint64_t max_age_ms,
+                            Sink **ret)
+{
+        /* Only what the outbox and expiry use matters: nothing is sent. */
+        ConfigWebhook c = {
+            .name = (char *)name,
+            .url = (char *)"",
+            .timeout_ms = 1000,
+            .retry_min_ms = 1000,
+            .retry_max_ms = 1000,
+            .max_age_ms = max_age_ms,
+            .max_in_flight = 1,
+        };
+        SinkWebhookOptions o = {.config = &c, .state_folder = state_folder};
+
+        return webhook_new(loop, &o, true, ret);
+}
+
+void sink_webhook_orphan(Sink *s, void (*emptied)(void *userdata, Sink *s), void *userdata)
+{
+        WebhookSink *w = (WebhookSink *)s;
+
+        w->orphan = true;
+        w->emptied = emptied;
+        w->emptied_userdata = userdata;
+        if (!w->closing)
+                dispatch(w);
+}
+
+int sink_webhook_adopt(Sink *s, const SinkWebhookOptions *o)
+{
+        WebhookSink *w = (WebhookSink *)s;
+        int r;
+
+        assert(w->orphan);
+        w->orphan = false;
+        r = sink_webhook_reconfigure(s, o);
+        if (r < 0) {
+                w->orphan = true;
+                return r;
+        }
+        w->emptied = NULL;
+        w->emptied_userdata = NULL;
+        return 0;
+}
+
+bool sink_webhook_is_orphan(const Sink *s)
+{
+        return ((const WebhookSink *)s)->orphan;
+}
+
+const char *sink_webhook_outbox_path(const Sink *s)
+{
+        return ((const WebhookSink *)s)->outbox_path;
+}
+
 static const SinkOps webhook_ops;
 
 bool sink_is_webhook(const Sink *s)
@@ -493,6 +592,7 @@ static void webhook_free_now(WebhookSink *w)
         free(w->name);
         free(w->url);
         free(w->app_url);
+        free(w->outbox_path);
         event_buffer_done(&w->body);
         free(w);
 }
@@ -574,7 +674,7 @@ void sink_webhook_stats(const Sink *s, WebhookStats *ret)
         ret->outbox_degraded = os.degraded;
 }
 
-int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, Sink **ret)
+static int webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, bool orphan, Sink **ret)
 {
         const ConfigWebhook *c = o->config;
         OutboxLoadReport rep;
@@ -586,6 +686,7 @@ int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, Sink **ret)
                 return -ENOMEM;
         w->sink = (Sink){.ops = &webhook_ops, .status_mask = c->statuses};
         w->loop = loop;
+        w->orphan = orphan;
         w->format = c->format;
         w->timeout_ms = c->timeout_ms;
         w->retry_min_ms = c->retry_min_ms;
@@ -601,7 +702,8 @@ int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, Sink **ret)
         w->name = strdup(c->name);
         w->url = strdup(c->url);
         w->app_url = o->app_url ? strdup(o->app_url) : NULL;
-        if (!w->name || !w->url || (o->app_url && !w->app_url))
+        if (!w->name || !w->url || (o->app_url && !w->app_url) ||
+            asprintf(&w->outbox_path, "%s/outbox-%s", o->state_folder ? o->state_folder : ".", c->name) < 0)
                 goto oom;
         if (c->n_secret_files > 0) {
                 w->keys = calloc(c->n_secret_files, sizeof(WebhookKey));
@@ -664,10 +766,17 @@ int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, Sink **ret)
         uv_timer_init(loop, &w->timer);
         w->timer.data = w;
         *ret = &w->sink;
-        /* What the previous run left is written already: start on it. */
-        dispatch(w);
+        /* What the previous run left is written already: start on it (an
+         * orphan starts expiring in sink_webhook_orphan()). */
+        if (!orphan)
+                dispatch(w);
         return 0;
 oom:
         webhook_free_now(w);
         return -ENOMEM;
+}
+
+int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, Sink **ret)
+{
+        return webhook_new(loop, o, false, ret);
 }

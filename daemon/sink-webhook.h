@@ -58,6 +58,28 @@ int sink_webhook_new(uv_loop_t *loop, const SinkWebhookOptions *options, Sink **
  * secret that does not decode or -ENOMEM, and then changes nothing. */
 int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *options);
 
+/* Orphaned queues. The outbox of a webhook that left the config (by a
+ * reload, or found in the state folder at start-up) is kept as a sink that
+ * takes no events and attempts nothing (attempts already in flight finish):
+ * its events leave it only by max-age, and once none is left its file is
+ * removed and `emptied` runs on the loop (the owner then closes the sink).
+ * A webhook of that name that comes back adopts it with its queue.
+ *
+ * sink_webhook_new_orphan() opens STATE/outbox-NAME (blocking, like
+ * sink_webhook_new()) with the given max-age; it does nothing until
+ * sink_webhook_orphan() sets its callback. sink_webhook_orphan() turns a
+ * configured sink into an orphan, keeping its max-age. sink_webhook_adopt()
+ * makes it a configured webhook again, as sink_webhook_reconfigure() does
+ * (and fails the same way, leaving it an orphan). */
+int sink_webhook_new_orphan(uv_loop_t *loop, const char *state_folder, const char *name, uint64_t max_age_ms,
+                            Sink **ret);
+void sink_webhook_orphan(Sink *s, void (*emptied)(void *userdata, Sink *s), void *userdata);
+int sink_webhook_adopt(Sink *s, const SinkWebhookOptions *options);
+bool sink_webhook_is_orphan(const Sink *s);
+
+/* STATE/outbox-NAME. */
+const char *sink_webhook_outbox_path(const Sink *s);
+
 /* The name of the [webhook "NAME"] section. */
 const char *sink_webhook_name(const Sink *s);
 

@@ -87,6 +87,13 @@ class WebhookTest(unittest.TestCase):
         return section
 
     def make_daemon(self, sim, ids, webhooks, name="sessionwatchd", api=None, env=None, extra=None):
+        config = self.daemon_config(sim, ids, webhooks, api=api, extra=extra)
+        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name, env=env)
+        daemon.register(self)
+        self.daemons.append(daemon)
+        return daemon
+
+    def daemon_config(self, sim, ids, webhooks, api=None, extra=None):
         config = {
             "api": {"url": sim.url, "key-file": "@KEY_FILE@", "rate-limit": "off", "app-url": APP_URL,
                     **(api or {})},
@@ -98,10 +105,27 @@ class WebhookTest(unittest.TestCase):
         }
         for label, section in webhooks.items():
             config[("webhook", label)] = section
-        daemon = swtest.Daemon(self.tmp, config, api_key=KEY, print_events=True, name=name, env=env)
-        daemon.register(self)
-        self.daemons.append(daemon)
-        return daemon
+        return config
+
+    CONTROL = {"control": {"path": "@RUN@/control.sock"}}
+
+    def reload(self, daemon, sim, ids, webhooks):
+        """Rewrite the daemon's config with these webhooks and reload it."""
+        config = self.daemon_config(sim, ids, webhooks, extra=self.CONTROL)
+        with open(daemon.config_path, "w") as f:
+            f.write(daemon.expand(swtest.render_ini(config)))
+        return daemon.ctl_json("reload")
+
+    @staticmethod
+    def orphans(daemon):
+        return {q["name"]: q for q in daemon.ctl_json("status")["orphanedQueues"]}
+
+    @staticmethod
+    def metric(daemon, name):
+        for line in daemon.ctl_json("metrics")["text"].splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
 
     def stop(self, daemon):
         swtest.assert_exit(daemon.stop(timeout=20), swtest.EXIT_OK, daemon)
@@ -501,6 +525,97 @@ class WebhookTest(unittest.TestCase):
         self.stop(again)
         self.assertNotIn(event["id"], rx.delivered_ids())
         self.assertEqual(len([r for r in rx.snapshot() if r.id == event["id"]]), len(attempts))
+
+    def test_a_removed_webhooks_queue_is_kept_and_taken_back(self):
+        ids = self.sessions("sesorph", 1)
+        sim = self.start_sim([swtest.sim_session(ids[0], [[0, "Active"]])])
+        rx = self.receiver()
+        rx.answer(500)
+        hooks = {"gone": self.webhook(rx.url)}
+        daemon = self.make_daemon(sim, ids, hooks, extra=self.CONTROL).start()
+        daemon.wait_control()
+        event = daemon.wait_for_event(timeout=20)
+        swtest.wait_until(lambda: any(r.id == event["id"] for r in rx.snapshot()), timeout=10)
+        self.assertEqual(self.orphans(daemon), {})
+        self.assertEqual(self.metric(daemon, "sessionwatch_webhook_orphaned_queues"), 0)
+
+        # Removed with an undelivered event: an orphaned queue, in the status
+        # (both forms) and the metrics.
+        self.assertEqual(self.reload(daemon, sim, ids, {})["webhooksRemoved"], 1)
+        outbox = os.path.join(self.tmp.state, "outbox-gone")
+        queues = self.orphans(daemon)
+        self.assertEqual(list(queues), ["gone"])
+        self.assertEqual(queues["gone"]["file"], outbox)
+        self.assertEqual(queues["gone"]["events"], 1)
+        self.assertGreater(queues["gone"]["oldestAgeSeconds"], 0)
+        self.assertEqual(self.metric(daemon, "sessionwatch_webhook_orphaned_queues"), 1)
+        self.assertEqual(self.metric(daemon, "sessionwatch_webhook_orphaned_events"), 1)
+        text = daemon.ctl("status")
+        self.assertEqual(text.returncode, 0, text.stderr)
+        self.assertRegex(text.stdout, rf"Orphaned queues\s+gone: 1 event\(s\) \(oldest \d+ s\), {outbox}")
+        self.assertEqual(outbox_pending(outbox), [event["id"]])
+
+        # Back in the config: the same queue is delivered.
+        rx.answer(200)
+        self.assertEqual(self.reload(daemon, sim, ids, hooks)["webhooksAdded"], 1)
+        self.assertEqual(self.orphans(daemon), {})
+        self.wait_delivered(rx, [event["id"]])
+        swtest.wait_until(lambda: outbox_pending(outbox) == [], timeout=10)
+        self.assertEqual(self.metric(daemon, "sessionwatch_webhook_orphaned_queues"), 0)
+        self.stop(daemon)
+        self.assert_signed(rx)
+
+    def test_an_orphaned_queue_is_deleted_once_its_events_expire(self):
+        ids = self.sessions("sesexp", 1)
+        sim = self.start_sim([swtest.sim_session(ids[0], [[0, "Active"]])])
+        rx = self.receiver()
+        rx.answer(500)
+        daemon = self.make_daemon(sim, ids, {"short": self.webhook(rx.url, **{"max-age": "3s"})},
+                                  extra=self.CONTROL).start()
+        daemon.wait_control()
+        event = daemon.wait_for_event(timeout=20)
+        swtest.wait_until(lambda: any(r.id == event["id"] for r in rx.snapshot()), timeout=10)
+        self.reload(daemon, sim, ids, {})
+        outbox = os.path.join(self.tmp.state, "outbox-short")
+        self.assertEqual(self.orphans(daemon)["short"]["events"], 1)
+        # It keeps the max-age of the webhook it was: gone within seconds.
+        swtest.wait_until(lambda: self.orphans(daemon) == {}, timeout=15, message="the orphaned queue stays")
+        self.assertFalse(os.path.exists(outbox), "the expired orphaned outbox file stays")
+        self.assertEqual(self.metric(daemon, "sessionwatch_webhook_orphaned_queues"), 0)
+        self.assertIn(f"Removed the orphaned webhook outbox '{outbox}'", daemon.stderr_text())
+        self.assertIn("older than max-age", daemon.stderr_text())
+        self.stop(daemon)
+        self.assertNotIn(event["id"], rx.delivered_ids())
+
+    def test_a_start_finds_the_outboxes_of_webhooks_it_does_not_have(self):
+        ids = self.sessions("sesstart", 1)
+        sim = self.start_sim([swtest.sim_session(ids[0], [[0, "Active"]])])
+        rx_down, rx_up = self.receiver(), self.receiver()
+        rx_down.answer(500)
+        first = self.make_daemon(sim, ids, {"down": self.webhook(rx_down.url), "up": self.webhook(rx_up.url)})
+        first.start()
+        event = first.wait_for_event(timeout=20)
+        self.wait_delivered(rx_up, [event["id"]])
+        self.stop(first)
+        down, up = (os.path.join(self.tmp.state, f"outbox-{n}") for n in ("down", "up"))
+        self.assertEqual(outbox_pending(down), [event["id"]])
+
+        # Neither is configured now: the one with an event is an orphaned
+        # queue (the default max-age), the empty one is removed.
+        again = self.make_daemon(sim, ids, {}, name="sessionwatchd-again", extra=self.CONTROL).start()
+        again.wait_control()
+        swtest.wait_until(lambda: not os.path.exists(up), timeout=10, message="the empty outbox stays")
+        queues = self.orphans(again)
+        self.assertEqual(list(queues), ["down"])
+        self.assertEqual(queues["down"]["events"], 1)
+        self.assertIn("Webhook 'down' is not configured", again.stderr_text())
+
+        # Configured again by a reload: delivered.
+        rx_down.answer(200)
+        self.reload(again, sim, ids, {"down": self.webhook(rx_down.url)})
+        self.wait_delivered(rx_down, [event["id"]])
+        self.assertEqual(self.orphans(again), {})
+        self.stop(again)
 
     def test_failures_are_retried_or_dropped(self):
         cases = ["drop400", "redirect", "ratelimit", "hang", "close"]

@@ -67,6 +67,8 @@ FAMILIES = {
     "sessionwatch_webhook_oldest_pending_age_seconds": "gauge",
     "sessionwatch_webhook_disabled": "gauge",
     "sessionwatch_webhook_outbox_degraded": "gauge",
+    "sessionwatch_webhook_orphaned_queues": "gauge",
+    "sessionwatch_webhook_orphaned_events": "gauge",
     "sessionwatch_stream_clients": "gauge",
     "sessionwatch_stream_connections_total": "counter",
     "sessionwatch_stream_overflows_total": "counter",

@@ -741,6 +741,10 @@ static int webhook_new(uv_loop_t *loop, const SinkWebhookOptions *o, bool orphan
             .window_entries = WINDOW_ENTRIES,
             .window_bytes = WINDOW_BYTES,
         };
+        /* Test hook: a small window, to show what waits on disk. */
+        if (getenv("SW_TEST_HOOKS") && strcmp(getenv("SW_TEST_HOOKS"), "1") == 0 &&
+            getenv("SW_TEST_WEBHOOK_WINDOW"))
+                oo.window_entries = strtoul(getenv("SW_TEST_WEBHOOK_WINDOW"), NULL, 10);
         r = outbox_open(loop, &oo, on_outbox_ready, w, &w->outbox, &rep);
         if (r < 0) {
                 log_error_errno(r, "Webhook '%s': failed to open its outbox in '%s': %m", w->name,

@@ -617,6 +617,35 @@ class WebhookTest(unittest.TestCase):
         self.assertEqual(self.orphans(again), {})
         self.stop(again)
 
+    # The in-memory window of a webhook is not shared across sessions yet:
+    # once one session's events fill it, other sessions' events wait on disk
+    # until that session is delivered. This test shows the gap and starts
+    # passing once the window is shared fairly.
+    @unittest.expectedFailure
+    def test_one_sessions_retries_do_not_hold_the_others_on_disk(self):
+        a, b, c = self.sessions("seshol", 3)
+        sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in (a, b, c)])
+        rx = self.receiver()
+        rx.answer_subject(a, 500)
+        daemon = self.make_daemon(sim, [a], {"main": self.webhook(rx.url)}, extra=self.CONTROL,
+                                  env={"SW_TEST_HOOKS": "1", "SW_TEST_WEBHOOK_WINDOW": "4"}).start()
+        daemon.wait_control()
+        a_events = [daemon.wait_for_event(lambda e: e["subject"] == a, timeout=20)]
+        for k in range(7):
+            a_events.append(self.change(daemon, sim, a, "Waiting" if k % 2 == 0 else "Active"))
+        # Eight events of A, twice the window: B's and C's come after them.
+        daemon.ctl_json("watch", b, c)
+        others = daemon.wait_for_events(lambda e: e["subject"] in (b, c), count=2, timeout=20)
+        self.wait_delivered(rx, [e["id"] for e in others], timeout=10)
+        self.assertEqual([i for i in rx.delivered_ids() if i in {e["id"] for e in a_events}], [])
+
+        # The receiver takes A's events again: all of them, in order.
+        rx.answer_subject(a, None)
+        self.wait_delivered(rx, [e["id"] for e in a_events], timeout=30)
+        self.assert_session_order(daemon.events(), rx)
+        self.stop(daemon)
+        self.assert_signed(rx)
+
     def test_failures_are_retried_or_dropped(self):
         cases = ["drop400", "redirect", "ratelimit", "hang", "close"]
         ids = {case: f"ses{case}{uuid.uuid4().hex[:6]}" for case in cases}

@@ -76,6 +76,7 @@ class WebhookReceiver:
         self.lock = threading.Lock()
         self.release = threading.Event()
         self._rules = []  # [mode, headers, remaining or None]
+        self._by_subject = {}  # event subject -> mode, ahead of the rules
         self._server = None
         self._thread = None
 
@@ -96,8 +97,21 @@ class WebhookReceiver:
         else:
             self.release.clear()
 
-    def _next_rule(self):
+    def answer_subject(self, subject, mode):
+        """Answer every event about ``subject`` with ``mode`` (a status
+        code), whatever the other rules say; ``None`` stops it."""
         with self.lock:
+            if mode is None:
+                self._by_subject.pop(subject, None)
+            else:
+                self._by_subject[subject] = mode
+
+    def _next_rule(self, request=None):
+        body = request.json if request is not None else None
+        subject = body.get("subject") if isinstance(body, dict) else None
+        with self.lock:
+            if subject in self._by_subject:
+                return self._by_subject[subject], {}
             for rule in self._rules:
                 if rule[2] is None:
                     return rule[0], rule[1]
@@ -127,7 +141,7 @@ class WebhookReceiver:
                 request = Request(self.path, dict(self.headers), body, receiver.secrets)
                 with receiver.lock:
                     receiver.requests.append(request)
-                mode, headers = receiver._next_rule()
+                mode, headers = receiver._next_rule(request)
                 if mode == "hang":
                     receiver.release.wait(60)
                     self.close_connection = True

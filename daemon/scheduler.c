@@ -267,8 +267,9 @@ bool scheduler_take_token(Scheduler *s, uint64_t now_ms)
         return true;
 }
 
-/* The lateness weights of the top comment, per kind of work. */
-enum { WEIGHT_SWEEP = 4, WEIGHT_POLL = 2, WEIGHT_AUDIT = 1 };
+/* The floors of the top comment: a due kind earns this much credit each
+ * time another kind goes, and goes itself once it has earned one. */
+static const double FLOOR_CREDIT[3] = {0, 1.0 / 3, 1.0 / 9};
 
 static uint64_t head_due(Scheduler *s, SchedulerHeap h)
 {
@@ -291,9 +292,10 @@ uint64_t scheduler_behind_ms(const Scheduler *s, uint64_t now_ms, uint64_t sweep
 uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_ms, SchedulerHeap *ret_heap,
                              uint64_t *ret_late_ms, uint64_t *ret_wake_ms)
 {
-        static const unsigned weight[] = {WEIGHT_SWEEP, WEIGHT_POLL, WEIGHT_AUDIT};
+        /* 0: a sweep page, 1: a poll, 2: an audit; in priority order. */
         uint64_t due[3] = {sweep_due_ms, head_due(s, SCHEDULER_POLL), head_due(s, SCHEDULER_AUDIT)};
-        uint64_t first = UINT64_MAX, best_score = 0;
+        uint64_t first = UINT64_MAX;
+        bool ready[3];
         int best = -1;
 
         *ret_wake_ms = UINT64_MAX;
@@ -301,19 +303,13 @@ uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_m
         if (s->in_flight >= s->opt.max_in_flight)
                 return SESSION_INDEX_NONE;
         for (int k = 0; k < 3; k++) {
-                uint64_t score;
-
                 if (due[k] < first)
                         first = due[k];
-                if (due[k] > now_ms || now_ms < s->paused_until_ms)
-                        continue;
-                /* +1 so that work due exactly now still counts, and ties go
-                 * to the first kind. */
-                score = (now_ms - due[k] + 1) * weight[k];
-                if (best < 0 || score > best_score) {
+                ready[k] = due[k] <= now_ms && now_ms >= s->paused_until_ms;
+                if (!ready[k])
+                        s->owed[k] = 0; /* a floor is not banked while idle */
+                else if (best < 0)
                         best = k;
-                        best_score = score;
-                }
         }
         if (best < 0) {
                 if (first != UINT64_MAX)
@@ -328,6 +324,17 @@ uint32_t scheduler_next_work(Scheduler *s, uint64_t now_ms, uint64_t sweep_due_m
                 }
                 s->tokens -= 1.0;
         }
+        /* A kind below that has earned its turn goes before the top one. */
+        for (int k = 1; k < 3; k++)
+                if (ready[k] && k != best && s->owed[k] >= 1.0) {
+                        best = k;
+                        break;
+                }
+        for (int k = 1; k < 3; k++)
+                if (k == best)
+                        s->owed[k] = s->owed[k] >= 1.0 ? s->owed[k] - 1.0 : 0;
+                else if (ready[k])
+                        s->owed[k] += FLOOR_CREDIT[k];
         s->in_flight++;
         *ret_late_ms = now_ms - due[best];
         if (best == 0)

@@ -8,11 +8,14 @@
  * token bucket for the API's rate budget, a cap on requests in flight, a
  * global pause (429) and an authentication hold-off (401/403).
  *
- * Priority. When several kinds of work are due and one token is left, the
- * one with the largest weighted lateness goes: (now - due) times 4 for a
- * sweep (one covers many sessions), 2 for a poll, 1 for an audit, ties in
- * that order. Under pressure everything gets late in those proportions and
- * nothing waits for ever.
+ * Priority. When several kinds of work are due and one token is left, a
+ * sweep page goes first (one covers many sessions), then a poll, then an
+ * audit; the most overdue of its kind. So that nothing waits for ever, a
+ * kind that stays due while others go has a floor: polls get at least one
+ * request in 4, audits one in 10. Under pressure audits stretch first, then
+ * polls, and sweeps last; a kind whose demand alone exceeds the budget
+ * cannot make the others late without bound (as weighing lateness would:
+ * the late work of an overloaded kind only gets later).
  *
  * It is pure: the caller passes the time (loop milliseconds) and owns the
  * single uv timer. Popping work costs O(log n) per due session; idle
@@ -58,6 +61,7 @@ typedef struct Scheduler {
 
         unsigned in_flight;
         uint64_t paused_until_ms; /* 429: no request of any kind before this */
+        double owed[3];           /* the floors' credit of polls and audits (see the top) */
         uint64_t rng;
 } Scheduler;
 
@@ -105,7 +109,7 @@ bool scheduler_take_token(Scheduler *s, uint64_t now_ms);
 SessionIndex scheduler_next(Scheduler *s, uint64_t now_ms, uint64_t *ret_wake_ms);
 
 /* The next work to start now, across the two heaps and a sweep due at
- * `sweep_due_ms` (UINT64_MAX: none), by weighted lateness (see the top).
+ * `sweep_due_ms` (UINT64_MAX: none), by priority and floors (see the top).
  * Returns a session index (its heap in *ret_heap), SCHEDULER_SWEEP, or
  * SESSION_INDEX_NONE with *ret_wake_ms as for scheduler_next(). What it
  * returns has taken a token and counts in flight; *ret_late_ms is how late

@@ -854,18 +854,20 @@ static void test_priorities(void **unused)
         assert_int_equal(scheduler_behind_ms(&f.sched, 1000, UINT64_MAX), 300);
         assert_int_equal(scheduler_behind_ms(&f.sched, 1000, 500), 500);
 
-        /* A sweep 60 ms late (240) loses to the audit 300 ms late (300)... */
-        w = scheduler_next_work(&f.sched, 1000, 940, &heap, &late, &wake);
-        assert_int_equal(w, 1);
-        assert_int_equal(heap, SCHEDULER_AUDIT);
-        assert_int_equal(late, 300);
-        /* ... then goes before the poll (200) and the other audit (150). */
+        /* A sweep goes first, however late the others are... */
         w = scheduler_next_work(&f.sched, 1000, 940, &heap, &late, &wake);
         assert_int_equal(w, SCHEDULER_SWEEP);
         assert_int_equal(late, 60);
+        /* ... then the poll before the audits, 300 ms late as they are ... */
         w = scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake);
         assert_int_equal(w, 0);
         assert_int_equal(heap, SCHEDULER_POLL);
+        assert_int_equal(late, 100);
+        /* ... then the audits, most overdue first. */
+        w = scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake);
+        assert_int_equal(w, 1);
+        assert_int_equal(heap, SCHEDULER_AUDIT);
+        assert_int_equal(late, 300);
         w = scheduler_next_work(&f.sched, 1000, UINT64_MAX, &heap, &late, &wake);
         assert_int_equal(w, 2);
         w = scheduler_next_work(&f.sched, 1000, 2000, &heap, &late, &wake);
@@ -907,7 +909,51 @@ static void test_priorities(void **unused)
         }
         assert_true(sweeps + polls + audits <= 10 * 60 + 11);
         assert_true(sweeps > polls && polls > audits);
-        assert_true(audits > 0);
+        /* The floors: polls one request in 4, audits one in 10. */
+        assert_true(polls * 100 >= (sweeps + polls + audits) * 24);
+        assert_true(audits * 100 >= (sweeps + polls + audits) * 9);
+        fixture_done(&f);
+}
+
+/* Audits whose demand alone exceeds the budget (200 always due against 10
+ * requests a second) stretch by themselves: sweeps, due every 500 ms, stay
+ * on time, and the audits still get their tenth. */
+static void test_overloaded_audits_do_not_delay_sweeps(void **unused)
+{
+        SchedulerOptions opt = default_options;
+        SchedulerHeap heap;
+        uint64_t wake, late, worst_sweep = 0, sweep_due = 10000;
+        unsigned audits = 0, sweeps = 0;
+        Fixture f;
+        uint32_t w;
+
+        (void)unused;
+        opt.rate_per_sec = 10;
+        opt.max_in_flight = 100;
+        fixture_init(&f, 200, &opt, 0);
+        for (SessionIndex i = 0; i < 200; i++)
+                assert_int_equal(scheduler_schedule_audit(&f.sched, i, i), 0);
+        for (uint64_t now = 10000; now < 130000; now += 10) {
+                w = scheduler_next_work(&f.sched, now, sweep_due, &heap, &late, &wake);
+                if (w == SESSION_INDEX_NONE)
+                        continue;
+                scheduler_complete(&f.sched);
+                if (w == SCHEDULER_SWEEP) {
+                        sweeps++;
+                        if (late > worst_sweep)
+                                worst_sweep = late;
+                        sweep_due = now + 500;
+                } else {
+                        assert_int_equal(heap, SCHEDULER_AUDIT);
+                        audits++;
+                        /* Due again at once: always more audits than budget. */
+                        assert_int_equal(scheduler_schedule_audit(&f.sched, w, now), 0);
+                }
+        }
+        assert_true(sweeps >= 2 * 120 - 2);
+        if (worst_sweep > 200)
+                fail_msg("a sweep started %" PRIu64 " ms late behind audits", worst_sweep);
+        assert_true(audits * 100 >= (sweeps + audits) * 9);
         fixture_done(&f);
 }
 
@@ -930,6 +976,7 @@ int main(void)
             cmocka_unit_test(test_set_options),
             cmocka_unit_test(test_priorities),
             cmocka_unit_test(test_cancel_returns_the_token),
+            cmocka_unit_test(test_overloaded_audits_do_not_delay_sweeps),
         };
 
         return cmocka_run_group_tests_name("scheduler", tests, NULL, NULL);

@@ -632,12 +632,18 @@ class Bench:
                 "seed": 7,
                 "rate_limit": 50,
                 "interval_s": 5,
+                # Short, so that audits compete with the sweeps in every
+                # window (the window starts at least 1.2 audit intervals
+                # after apisim; with the default 10m the first audits would
+                # come after 9 minutes): they want sessions / 30 requests a
+                # second, far more than the budget from 10,000 sessions up.
+                "audit_interval_s": 30,
                 "window_s": 30 if q else 60,
                 # A change counts as announced if its line arrives within this.
                 "deadline_s": 30,
                 # Limit of the wait for the first sweeps: base + per session.
                 "warmup_base_s": 120,
-                "warmup_per_session_s": 0.003,
+                "warmup_per_session_s": 0.0003,
             },
         }
 
@@ -881,6 +887,7 @@ timeout = 10s
 mode = {mode}
 interval = {f_['interval_s']}s
 waiting-interval = {f_['interval_s']}s
+audit-interval = {f_['audit_interval_s']}s
 max-sessions = {max_sessions}
 
 [journal]
@@ -952,6 +959,11 @@ backfill = no
                     break
                 time.sleep(0.5)
             first_sweeps_s = time.time() - sim.t_up
+            if at_offset is None:
+                # The first audits (of sessions listed at the start) due.
+                until = max(until, sim.t_up + 1.2 * fp["audit_interval_s"])
+                while time.time() < sim.t_up + 1.2 * fp["audit_interval_s"]:
+                    time.sleep(0.25)
             watched_after_warmup = m.get("sessionwatch_sessions_watched", 0)
             up1 = m["sessionwatch_uptime_seconds"]
             while m["sessionwatch_uptime_seconds"] < up1 + 2 * interval and time.time() < until:
@@ -1291,8 +1303,10 @@ def print_freshness(rows, fp):
     print(f"Freshness under a budget: {fp['runbooks']} runbooks swept by [watch] runbook, generated steps "
           f"{fp['step'][0]}-{fp['step'][1]} s (a change every {sum(fp['step']) / 2:.0f} s on average per session), "
           f"--stagger {fp['stagger_s']}, list in {fp['list_order']} order;")
-    print(f"rate-limit = {fp['rate_limit']}/s, interval = {fp['interval_s']}s (Waiting too), backfill = no, "
-          f"journal off; a {fp['window_s']} s window once auto's first sweeps are done and 2 intervals more,")
+    print(f"rate-limit = {fp['rate_limit']}/s, interval = {fp['interval_s']}s (Waiting too), audit-interval = "
+          f"{fp['audit_interval_s']}s (audits compete in every window), backfill = no, journal off;")
+    print(f"a {fp['window_s']} s window once auto's first sweeps are done, 2 intervals more, and at least "
+          f"{1.2 * fp['audit_interval_s']:.0f} s after apisim's start,")
     print("the get row over the same stretch of the same timelines (a fresh apisim, same seed, same offset "
           "from its start).")
     print(f"Delay: apisim's change time to the event line's arrival on the daemon's stdout; a change whose "

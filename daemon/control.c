@@ -446,11 +446,37 @@ int control_parse_request(const char *line, size_t n, json_object **ret, char *r
         return 0;
 }
 
+json_object *control_request_command(const ControlCommand *commands, json_object *request,
+                                     const ControlCommand **ret_command)
+{
+        json_object *v;
+        const char *name;
+        const ControlCommand *cmd;
+
+        *ret_command = NULL;
+        if (!json_object_object_get_ex(request, "command", &v) || !json_object_is_type(v, json_type_string))
+                return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
+                                           "The request needs a string member 'command'.");
+        name = json_object_get_string(v);
+        for (cmd = commands; cmd->name; cmd++)
+                if (strcmp(cmd->name, name) == 0 && (size_t)json_object_get_string_len(v) == strlen(name))
+                        break;
+        if (!cmd->name) {
+                char shown[80];
+
+                /* The name is the peer's text: shown cut (at a character)
+                 * and with control characters escaped. */
+                text_escape(name, 64, shown, sizeof(shown));
+                return control_reply_error(CONTROL_ERROR_UNKNOWN_COMMAND, "Unknown command '%s'.", shown);
+        }
+        *ret_command = cmd;
+        return NULL;
+}
+
 static json_object *handle_line(ControlClient *c, const char *line, size_t n)
 {
         ControlServer *s = c->server;
-        json_object *req, *v, *reply;
-        const char *name;
+        json_object *req, *reply;
         const ControlCommand *cmd;
         char why[256];
         int r;
@@ -460,31 +486,16 @@ static json_object *handle_line(ControlClient *c, const char *line, size_t n)
                 return control_reply_error(CONTROL_ERROR_BAD_JSON, "%s", why);
         if (r < 0)
                 return NULL;
-        if (!json_object_object_get_ex(req, "command", &v) || !json_object_is_type(v, json_type_string)) {
-                json_object_put(req);
-                return control_reply_error(CONTROL_ERROR_BAD_REQUEST,
-                                           "The request needs a string member 'command'.");
-        }
-        name = json_object_get_string(v);
-        for (cmd = s->commands; cmd->name; cmd++)
-                if (strcmp(cmd->name, name) == 0 && (size_t)json_object_get_string_len(v) == strlen(name))
-                        break;
-        if (!cmd->name) {
-                char shown[80];
-
-                /* The name is the peer's text: shown cut (at a character)
-                 * and with control characters escaped. */
-                text_escape(name, 64, shown, sizeof(shown));
-                reply = control_reply_error(CONTROL_ERROR_UNKNOWN_COMMAND, "Unknown command '%s'.", shown);
-        } else if (cmd->mutating &&
-                   (!c->peer_known || !control_peer_allowed(c->uid, c->gid, c->groups, c->n_groups,
-                                                            geteuid(), s->group_gid))) {
+        reply = control_request_command(s->commands, req, &cmd);
+        if (cmd && cmd->mutating &&
+            (!c->peer_known ||
+             !control_peer_allowed(c->uid, c->gid, c->groups, c->n_groups, geteuid(), s->group_gid))) {
                 log_notice("Refused '%s' on the control socket to uid %d.", cmd->name, (int)c->uid);
                 reply = control_reply_error(CONTROL_ERROR_PERMISSION,
                                             "'%s' changes the daemon: only root, the daemon's user or "
                                             "the control group may run it (you are uid %d).",
                                             cmd->name, (int)c->uid);
-        } else
+        } else if (cmd)
                 reply = cmd->run(s->userdata, req);
         json_object_put(req);
         return reply;

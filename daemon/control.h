@@ -51,6 +51,13 @@ json_object *control_reply_ok(void);
  * 0 with the object in *ret, -EINVAL with a message for the peer in
  * reason (ending in a full stop), or -ENOMEM. Pure: no loop, no logging. */
 int control_parse_request(const char *line, size_t n, json_object **ret, char *reason, size_t reason_size);
+/* Finds the command a parsed request names in `commands` (terminated by an
+ * entry with name NULL), without running it. Returns NULL with the command
+ * in *ret_command, or the error reply (a new reference; NULL for out of
+ * memory) for a missing or non-string "command" or an unknown name, with
+ * *ret_command NULL. Pure. */
+json_object *control_request_command(const ControlCommand *commands, json_object *request,
+                                     const ControlCommand **ret_command);
 
 /* {"ok": false, "error": code, "message": printf(...)}. */
 json_object *control_reply_error(const char *code, const char *format, ...)

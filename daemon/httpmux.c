@@ -238,9 +238,7 @@ static HttpError http_error_from_curl(CURLcode code, const Transfer *t)
         }
 }
 
-/* Parses a Retry-After value: delta-seconds or an HTTP-date, as milliseconds
- * from now (0 for a date in the past), or -1 if it is neither. */
-static int64_t parse_retry_after(const char *v, size_t len)
+int64_t httpmux_parse_retry_after(const char *v, size_t len)
 {
         char buf[128];
         int64_t seconds = 0;
@@ -326,22 +324,27 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
         return n;
 }
 
+void httpmux_header_line(const char *line, size_t n, int64_t *retry_after_ms)
+{
+        static const char name[] = "retry-after:";
+
+        /* A new status line starts a new response (after a 100 Continue, for
+         * example): forget what an earlier one said. */
+        if (n >= 5 && memcmp(line, "HTTP/", 5) == 0)
+                *retry_after_ms = -1;
+        else if (n > sizeof(name) - 1 && strncasecmp(line, name, sizeof(name) - 1) == 0)
+                *retry_after_ms = httpmux_parse_retry_after(line + sizeof(name) - 1, n - (sizeof(name) - 1));
+}
+
 /* libcurl header callback: runs inside curl_multi_socket_action() once per
  * header line, status lines included. Only Retry-After is looked at; nothing
  * is copied otherwise. */
 static size_t header_cb(char *buffer, size_t size, size_t nitems, void *userdata)
 {
-        static const char name[] = "retry-after:";
         Transfer *t = userdata;
         size_t n = size * nitems;
 
-        /* A new status line starts a new response (after a 100 Continue, for
-         * example): forget what an earlier one said. */
-        if (n >= 5 && memcmp(buffer, "HTTP/", 5) == 0)
-                t->retry_after_ms = -1;
-        else if (n > sizeof(name) - 1 && strncasecmp(buffer, name, sizeof(name) - 1) == 0)
-                t->retry_after_ms = parse_retry_after(buffer + sizeof(name) - 1, n - (sizeof(name) - 1));
-
+        httpmux_header_line(buffer, n, &t->retry_after_ms);
         return n;
 }
 

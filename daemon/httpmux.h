@@ -96,3 +96,13 @@ void httpmux_debug_stats(const HttpMux *m, HttpMuxStats *ret);
  * then calls `closed` (may be NULL) from the loop and frees `m`. The loop must
  * keep running until then. May be called from a `done` callback; call it once. */
 void httpmux_close(HttpMux *m, void (*closed)(void *userdata), void *userdata);
+
+/* Parses a Retry-After value: delta-seconds (clamped to a year) or an
+ * HTTP-date, as milliseconds from now (0 for a date in the past), or -1 if it
+ * is neither. Pure apart from reading the clock. */
+int64_t httpmux_parse_retry_after(const char *v, size_t len);
+
+/* Looks at one response header line as libcurl hands it over (status lines
+ * included, with its CRLF): a status line forgets an earlier Retry-After
+ * (*retry_after_ms = -1), a Retry-After line sets it, others leave it. */
+void httpmux_header_line(const char *line, size_t n, int64_t *retry_after_ms);

@@ -311,29 +311,54 @@ static void disable(WebhookSink *w)
                   w->name, os.pending);
 }
 
-static void retry_later(WebhookSink *w, OutboxEntry *e, WebhookFailure kind, const HttpResponse *resp)
+WebhookVerdict sink_webhook_classify(const HttpResponse *resp, WebhookFailure *ret_kind, bool *ret_honour)
 {
-        bool honour =
-            (kind == WEBHOOK_FAILURE_RATE_LIMITED || (resp->error == HTTP_OK && resp->status == 503)) &&
+        *ret_honour = false;
+        *ret_kind = _WEBHOOK_FAILURE_MAX;
+        if (resp->error == HTTP_ERR_CANCELLED)
+                /* Closing: the event stays in the outbox for the next run. */
+                return WEBHOOK_VERDICT_KEEP;
+        /* The answer's body is not needed: a 2xx whose body was too big to
+         * keep is a delivery all the same. */
+        if ((resp->error == HTTP_OK || resp->error == HTTP_ERR_TOO_LARGE) && resp->status >= 200 &&
+            resp->status < 300)
+                return WEBHOOK_VERDICT_DELIVERED;
+        if (resp->error == HTTP_OK && resp->status == 410) {
+                *ret_kind = WEBHOOK_FAILURE_GONE;
+                return WEBHOOK_VERDICT_DISABLE;
+        }
+        if (resp->error == HTTP_OK && resp->status == 429)
+                *ret_kind = WEBHOOK_FAILURE_RATE_LIMITED;
+        else if (resp->error == HTTP_OK && resp->status >= 300 && resp->status < 400)
+                *ret_kind = WEBHOOK_FAILURE_REDIRECT;
+        else if (resp->error == HTTP_OK && resp->status >= 400 && resp->status < 500) {
+                *ret_kind = WEBHOOK_FAILURE_HTTP_4XX;
+                return WEBHOOK_VERDICT_DROP;
+        } else if (resp->error == HTTP_OK)
+                *ret_kind = WEBHOOK_FAILURE_HTTP_5XX;
+        else if (resp->error == HTTP_ERR_TIMEOUT)
+                *ret_kind = WEBHOOK_FAILURE_TIMEOUT;
+        else
+                *ret_kind = WEBHOOK_FAILURE_NETWORK;
+        *ret_honour =
+            (*ret_kind == WEBHOOK_FAILURE_RATE_LIMITED || (resp->error == HTTP_OK && resp->status == 503)) &&
             resp->retry_after_ms >= 0;
+        return WEBHOOK_VERDICT_RETRY;
+}
+
+static void retry_later(WebhookSink *w, OutboxEntry *e, WebhookFailure kind, bool honour,
+                        const HttpResponse *resp)
+{
         uint64_t delay;
 
         w->stats.failures[kind]++;
         if (e->failures < UINT16_MAX)
                 e->failures++;
-        delay = honour ? (uint64_t)resp->retry_after_ms
-                       : webhook_retry_delay(w->retry_min_ms, w->retry_max_ms, e->failures, next_random(w));
-        if (honour) {
-                /* Never sooner than retry-min (a "Retry-After: 0" must not
-                 * become a tight loop), never past max-age; and the receiver
-                 * asked for a pause, not only for this event. */
-                if (delay < w->retry_min_ms)
-                        delay = w->retry_min_ms;
-                if (delay > w->max_age_ms)
-                        delay = w->max_age_ms;
-                if (uv_now(w->loop) + delay > w->paused_until_ms)
-                        w->paused_until_ms = uv_now(w->loop) + delay;
-        }
+        delay = webhook_attempt_delay(honour, resp->retry_after_ms, w->retry_min_ms, w->retry_max_ms,
+                                      w->max_age_ms, e->failures, next_random(w));
+        /* The receiver asked for a pause, not only for this event. */
+        if (honour && uv_now(w->loop) + delay > w->paused_until_ms)
+                w->paused_until_ms = uv_now(w->loop) + delay;
         e->not_before_ms = uv_now(w->loop) + delay;
         if (resp->error == HTTP_OK)
                 log_ratelimited(
@@ -354,40 +379,35 @@ static void on_attempt_done(void *userdata, const HttpResponse *resp)
         Attempt *a = userdata;
         WebhookSink *w = a->w;
         OutboxEntry *e = a->e;
+        WebhookFailure kind;
+        bool honour;
+        char why[64];
 
         webhook_headers_free(a->headers);
         free(a);
         e->in_flight = false;
         w->in_flight--;
 
-        if (resp->error == HTTP_ERR_CANCELLED)
-                /* Closing: the event stays in the outbox for the next run. */
+        switch (sink_webhook_classify(resp, &kind, &honour)) {
+        case WEBHOOK_VERDICT_KEEP:
                 return;
-        /* The answer's body is not needed: a 2xx whose body was too big to
-         * keep is a delivery all the same. */
-        if ((resp->error == HTTP_OK || resp->error == HTTP_ERR_TOO_LARGE) && resp->status >= 200 &&
-            resp->status < 300) {
+        case WEBHOOK_VERDICT_DELIVERED:
                 w->stats.successes++;
                 outbox_done(w->outbox, e);
-        } else if (resp->error == HTTP_OK && resp->status == 410) {
-                w->stats.failures[WEBHOOK_FAILURE_GONE]++;
+                break;
+        case WEBHOOK_VERDICT_DISABLE:
+                w->stats.failures[kind]++;
                 disable(w);
-        } else if (resp->error == HTTP_OK && resp->status == 429)
-                retry_later(w, e, WEBHOOK_FAILURE_RATE_LIMITED, resp);
-        else if (resp->error == HTTP_OK && resp->status >= 300 && resp->status < 400)
-                retry_later(w, e, WEBHOOK_FAILURE_REDIRECT, resp);
-        else if (resp->error == HTTP_OK && resp->status >= 400 && resp->status < 500) {
-                char why[64];
-
-                w->stats.failures[WEBHOOK_FAILURE_HTTP_4XX]++;
+                break;
+        case WEBHOOK_VERDICT_DROP:
+                w->stats.failures[kind]++;
                 snprintf(why, sizeof(why), "the receiver refused it with HTTP %ld", resp->status);
                 drop(w, e, why);
-        } else if (resp->error == HTTP_OK)
-                retry_later(w, e, WEBHOOK_FAILURE_HTTP_5XX, resp);
-        else if (resp->error == HTTP_ERR_TIMEOUT)
-                retry_later(w, e, WEBHOOK_FAILURE_TIMEOUT, resp);
-        else
-                retry_later(w, e, WEBHOOK_FAILURE_NETWORK, resp);
+                break;
+        case WEBHOOK_VERDICT_RETRY:
+                retry_later(w, e, kind, honour, resp);
+                break;
+        }
 
         if (!w->closing)
                 dispatch(w);
@@ -420,9 +440,10 @@ int sink_webhook_reconfigure(Sink *s, const SinkWebhookOptions *o)
                 for (size_t k = 0; k < c->n_secret_files; k++) {
                         r = webhook_key_from_secret(c->secrets[k], &keys[k]);
                         if (r < 0) {
-                                log_error("Webhook '%s': the secret in '%s' is not a Standard Webhooks secret "
-                                          "(whsec_ + base64).",
-                                          w->name, c->secret_files[k]);
+                                log_error(
+                                    "Webhook '%s': the secret in '%s' is not a Standard Webhooks secret "
+                                    "(whsec_ + base64).",
+                                    w->name, c->secret_files[k]);
                                 explicit_bzero(keys, c->n_secret_files * sizeof(WebhookKey));
                                 free(keys);
                                 return r;

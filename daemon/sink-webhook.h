@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "httpmux.h"
 #include "sink.h"
 
 typedef enum WebhookFailure {
@@ -35,6 +36,22 @@ typedef struct WebhookStats {
 } WebhookStats;
 
 const char *webhook_failure_to_string(WebhookFailure f);
+
+/* What an attempt's answer means for the event. */
+typedef enum WebhookVerdict {
+        WEBHOOK_VERDICT_DELIVERED, /* a 2xx: done */
+        WEBHOOK_VERDICT_RETRY,     /* tried again later */
+        WEBHOOK_VERDICT_DROP,      /* a 4xx other than 410 and 429: given up */
+        WEBHOOK_VERDICT_DISABLE,   /* 410: the webhook stops */
+        WEBHOOK_VERDICT_KEEP,      /* cancelled by closing: stays in the outbox, nothing counted */
+} WebhookVerdict;
+
+/* Classifies an attempt's answer (transport error, status code, Retry-After
+ * as httpmux parsed it; the body is not looked at). *ret_kind is the failure
+ * counted (_WEBHOOK_FAILURE_MAX for DELIVERED and KEEP); *ret_honour tells
+ * whether the Retry-After sets the delay and pauses the webhook (429, or 503
+ * with one). Pure. */
+WebhookVerdict sink_webhook_classify(const HttpResponse *resp, WebhookFailure *ret_kind, bool *ret_honour);
 
 typedef struct SinkWebhookOptions {
         const ConfigWebhook *config; /* copied what is needed; may go after the call */

@@ -220,6 +220,22 @@ uint64_t webhook_retry_delay(uint64_t retry_min_ms, uint64_t retry_max_ms, unsig
         return d;
 }
 
+uint64_t webhook_attempt_delay(bool honour_retry_after, int64_t retry_after_ms, uint64_t retry_min_ms,
+                               uint64_t retry_max_ms, uint64_t max_age_ms, unsigned failures,
+                               uint64_t random)
+{
+        uint64_t delay;
+
+        if (!honour_retry_after || retry_after_ms < 0)
+                return webhook_retry_delay(retry_min_ms, retry_max_ms, failures, random);
+        delay = (uint64_t)retry_after_ms;
+        if (delay < retry_min_ms)
+                delay = retry_min_ms;
+        if (delay > max_age_ms)
+                delay = max_age_ms;
+        return delay;
+}
+
 void webhook_headers_free(struct curl_slist *l)
 {
         curl_slist_free_all(l);

@@ -54,5 +54,14 @@ int webhook_append_slack(const Event *e, const char *app_url, EventBuffer *b);
 uint64_t webhook_retry_delay(uint64_t retry_min_ms, uint64_t retry_max_ms, unsigned failures,
                              uint64_t random);
 
+/* The wait before the next attempt of an event that failed `failures` (≥ 1)
+ * times. With `honour_retry_after`, the receiver's Retry-After
+ * (`retry_after_ms` ≥ 0), but never below retry_min_ms (a "Retry-After: 0"
+ * must not become a tight loop) nor above max_age_ms; otherwise
+ * webhook_retry_delay(). */
+uint64_t webhook_attempt_delay(bool honour_retry_after, int64_t retry_after_ms, uint64_t retry_min_ms,
+                               uint64_t retry_max_ms, uint64_t max_age_ms, unsigned failures,
+                               uint64_t random);
+
 /* Frees a list from webhook_headers_new(); NULL is fine. */
 void webhook_headers_free(struct curl_slist *l);

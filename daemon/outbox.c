@@ -431,7 +431,7 @@ typedef struct Job {
         size_t n_entries, n_bytes;
         uint64_t hi_seq, new_offset, bad_lines;
         uint64_t test_delay_ms; /* test hook: APPEND sleeps this long before writing */
-        int new_fd; /* COMPACT */
+        int new_fd;             /* COMPACT */
         uint64_t new_size, new_read_offset, tail_records;
 } Job;
 
@@ -1182,6 +1182,7 @@ typedef struct Loader {
         size_t n_done, done_cap;
         uint64_t valid_end; /* end of the last good line */
         uint64_t max_seq;
+        uint64_t last_event_seq; /* E records must come in increasing <seq> order */
         bool rewrite;
         /* Pass 2 */
         int in_fd;
@@ -1212,8 +1213,9 @@ static int load_scan(Loader *l, int fd, uint64_t size)
                         /* A bad line that is not the last: not a torn write. */
                         snprintf(l->rep->corrupt_reason, sizeof(l->rep->corrupt_reason),
                                  "%s in the record at byte %" PRIu64,
-                                 bad_r == -EBADMSG ? "bad checksum or framing"
-                                                   : "a record that does not parse",
+                                 bad_r == -EBADMSG  ? "bad checksum or framing"
+                                 : bad_r == -ERANGE ? "an event out of sequence order"
+                                                    : "a record that does not parse",
                                  last_off);
                         r = -EBADMSG;
                         break;
@@ -1227,6 +1229,15 @@ static int load_scan(Loader *l, int fd, uint64_t size)
                 }
                 if (r == 0 && first != (rec.type == RECORD_HEADER))
                         r = -EINVAL;
+                /* Sequence numbers only grow: an event at or below the one
+                 * before it was not written by us (the window and the
+                 * read-back rely on the order). */
+                if (r == 0 && rec.type == RECORD_EVENT) {
+                        if (rec.seq <= l->last_event_seq)
+                                r = -ERANGE;
+                        else
+                                l->last_event_seq = rec.seq;
+                }
                 if (r < 0) {
                         pending_bad = true;
                         bad_r = r;

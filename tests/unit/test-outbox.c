@@ -303,6 +303,19 @@ static void test_corrupt_file_is_moved_aside(void **state)
         n += line(buf + n, "X 1");
         n += line(buf + n, "D 1");
         check_corrupt(f, buf, n, "a record that does not parse");
+
+        /* Events out of order, or a sequence number repeated: the loader
+         * would otherwise hand them out of order (found by fuzz.outbox). */
+        n = line(buf, "sessionwatch-outbox 1");
+        n += line(buf + n, "E 3 100 ses1 evt_a {}");
+        n += line(buf + n, "E 2 200 ses2 evt_b {}");
+        n += line(buf + n, "D 3");
+        check_corrupt(f, buf, n, "an event out of sequence order in the record at byte 62");
+        n = line(buf, "sessionwatch-outbox 1");
+        n += line(buf + n, "E 1 100 ses1 evt_a {}");
+        n += line(buf + n, "E 1 200 ses2 evt_b {}");
+        n += line(buf + n, "D 1");
+        check_corrupt(f, buf, n, "an event out of sequence order");
 }
 
 static void test_compaction(void **state)

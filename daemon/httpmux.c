@@ -265,8 +265,8 @@ int64_t httpmux_parse_retry_after(const char *v, size_t len)
                         seconds = seconds * 10 + (v[i] - '0');
                         /* Anything beyond a year is as good as forever; clamp
                          * instead of overflowing. */
-                        if (seconds > 366 * 24 * 3600)
-                                seconds = 366 * 24 * 3600;
+                        if (seconds > HTTPMUX_RETRY_AFTER_MAX_S)
+                                seconds = HTTPMUX_RETRY_AFTER_MAX_S;
                 }
                 return seconds * 1000;
         }
@@ -279,7 +279,15 @@ int64_t httpmux_parse_retry_after(const char *v, size_t len)
         if (when == (time_t)-1)
                 return -1;
 
-        int64_t delta_ms = (int64_t)when * 1000 - (int64_t)(now_usec(CLOCK_REALTIME) / 1000);
+        /* In seconds first: a date in year 300000000 parses, and its
+         * milliseconds would not fit. */
+        int64_t now_ms = (int64_t)(now_usec(CLOCK_REALTIME) / 1000);
+        int64_t now_s = now_ms / 1000;
+        if ((int64_t)when <= now_s)
+                return 0;
+        if ((int64_t)when - now_s > HTTPMUX_RETRY_AFTER_MAX_S)
+                return (int64_t)HTTPMUX_RETRY_AFTER_MAX_S * 1000;
+        int64_t delta_ms = (int64_t)when * 1000 - now_ms;
         return delta_ms > 0 ? delta_ms : 0;
 }
 

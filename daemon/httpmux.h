@@ -97,9 +97,12 @@ void httpmux_debug_stats(const HttpMux *m, HttpMuxStats *ret);
  * keep running until then. May be called from a `done` callback; call it once. */
 void httpmux_close(HttpMux *m, void (*closed)(void *userdata), void *userdata);
 
-/* Parses a Retry-After value: delta-seconds (clamped to a year) or an
- * HTTP-date, as milliseconds from now (0 for a date in the past), or -1 if it
- * is neither. Pure apart from reading the clock. */
+/* The longest Retry-After taken as such, in seconds: a year. */
+#define HTTPMUX_RETRY_AFTER_MAX_S ((int64_t)366 * 24 * 3600)
+
+/* Parses a Retry-After value: delta-seconds or an HTTP-date, as milliseconds
+ * from now (0 for a date in the past, at most HTTPMUX_RETRY_AFTER_MAX_S
+ * seconds), or -1 if it is neither. Pure apart from reading the clock. */
 int64_t httpmux_parse_retry_after(const char *v, size_t len);
 
 /* Looks at one response header line as libcurl hands it over (status lines

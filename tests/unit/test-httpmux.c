@@ -497,6 +497,28 @@ static void test_status_codes(void **state)
         }
 }
 
+/* The parser alone: far dates and large numbers stop at a year, without
+ * overflowing (a date in year 388627014 once did: found by fuzz.webhook). */
+static void test_retry_after_values(void **state)
+{
+        static const char far[] = "Wed, 21 Oct 388627014";
+        static const char huge[] = "000000000000000000000000001000000000";
+        static const char past[] = "Wed, 21 Oct 2015 07:28:00 GMT";
+        static const char line[] = "Retry-After:  12 \r\n";
+        int64_t v = 5;
+
+        (void)state;
+        assert_int_equal(httpmux_parse_retry_after(far, strlen(far)), HTTPMUX_RETRY_AFTER_MAX_S * 1000);
+        assert_int_equal(httpmux_parse_retry_after(huge, strlen(huge)), HTTPMUX_RETRY_AFTER_MAX_S * 1000);
+        assert_int_equal(httpmux_parse_retry_after(past, strlen(past)), 0);
+        assert_int_equal(httpmux_parse_retry_after("x", 1), -1);
+        assert_int_equal(httpmux_parse_retry_after("", 0), -1);
+        httpmux_header_line(line, strlen(line), &v);
+        assert_int_equal(v, 12000);
+        httpmux_header_line("HTTP/1.1 100 Continue\r\n", 23, &v);
+        assert_int_equal(v, -1);
+}
+
 static void test_retry_after(void **state)
 {
         Fixture *f = *state;
@@ -1058,6 +1080,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_get_ok, fixture_setup, fixture_teardown),
             cmocka_unit_test_setup_teardown(test_status_codes, fixture_setup, fixture_teardown),
             cmocka_unit_test_setup_teardown(test_retry_after, fixture_setup, fixture_teardown),
+            cmocka_unit_test(test_retry_after_values),
             cmocka_unit_test_setup_teardown(test_keepalive_sequential, fixture_setup, fixture_teardown),
             cmocka_unit_test_setup_teardown(test_keepalive_concurrent, fixture_setup, fixture_teardown),
             cmocka_unit_test_setup_teardown(test_many_requests, fixture_setup, fixture_teardown),

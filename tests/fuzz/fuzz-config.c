@@ -55,7 +55,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         }
                 }
         }
-        if (strstr(errbuf, FUZZ_KEY))
+        /* Unless the file itself holds the key's text (libFuzzer finds it
+         * in the comparison above and tries it), no message may. */
+        if (strstr(errbuf, FUZZ_KEY) && !memmem(data, size, FUZZ_KEY, strlen(FUZZ_KEY)))
                 abort();
         return 0;
 }

@@ -36,8 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 for (int i = 0; i < n; i++) {
                         SessionSnapshot s = SESSION_SNAPSHOT_NULL;
 
-                        if (decode_session_object(json_object_array_get_idx(array, (size_t)i), &s,
-                                                  &reason) == 0)
+                        if (decode_session_object(json_object_array_get_idx(array, (size_t)i), &s, &reason) == 0)
                                 session_snapshot_done(&s);
                 }
         }

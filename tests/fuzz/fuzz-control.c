@@ -2,7 +2,7 @@
  * matched to a command (control_request_command) as the control socket does
  * it. It must never crash; a parsed request is a JSON object; every rejected
  * line gets a well-formed error reply with a known code, which serialises to
- * one line of JSON that parses back to the same reply; an accepted one names
+ * one line of valid UTF-8 JSON that parses back to the same reply; an accepted one names
  * its command. */
 #include <errno.h>
 #include <stddef.h>
@@ -33,6 +33,37 @@ static const ControlCommand commands[] = {
     {CONTROL_CMD_METRICS, false, run_nothing},
     {NULL, false, NULL},
 };
+
+/* Well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most
+ * U+10FFFF). */
+static bool utf8_valid(const unsigned char *s)
+{
+        while (*s) {
+                unsigned c = *s, n, min, cp;
+
+                if (c < 0x80) {
+                        s++;
+                        continue;
+                }
+                if ((c & 0xe0) == 0xc0)
+                        n = 1, min = 0x80, cp = c & 0x1f;
+                else if ((c & 0xf0) == 0xe0)
+                        n = 2, min = 0x800, cp = c & 0x0f;
+                else if ((c & 0xf8) == 0xf0)
+                        n = 3, min = 0x10000, cp = c & 0x07;
+                else
+                        return false;
+                for (unsigned k = 1; k <= n; k++) {
+                        if ((s[k] & 0xc0) != 0x80)
+                                return false;
+                        cp = cp << 6 | (s[k] & 0x3f);
+                }
+                if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+                        return false;
+                s += n + 1;
+        }
+        return true;
+}
 
 static bool known_error(const char *code)
 {
@@ -84,7 +115,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             !json_object_object_get_ex(reply, "message", &v) || !json_object_is_type(v, json_type_string))
                 abort();
         text = json_object_to_json_string_ext(reply, JSON_C_TO_STRING_PLAIN);
-        if (!text || strchr(text, '\n'))
+        if (!text || strchr(text, '\n') || !utf8_valid((const unsigned char *)text) ||
+            !utf8_valid((const unsigned char *)json_object_get_string(v)))
                 abort();
         back = json_tokener_parse(text);
         if (!back || !json_object_equal(back, reply))

@@ -317,8 +317,9 @@ static char *request_key(const char *s, size_t n)
 /* Finds a key that appears twice in one object of the request, which json-c
  * would silently take the last of: {"command":"status","command":"reload"}
  * must not run either. Runs on text json-c has parsed, so the grammar is
- * known to be right. Returns 0, -EEXIST with the key (decoded, cut and
- * escaped) in `dup`, or -ENOMEM. */
+ * known to be right but for json-c's extensions. Returns 0, -EEXIST with the
+ * key (decoded, cut and escaped) in `dup`, -EBADMSG for a single-quoted
+ * string or a comment, or -ENOMEM. */
 static int request_find_duplicate_key(const char *line, size_t n, char *dup, size_t dup_size)
 {
         json_object *keys[REQUEST_DEPTH_MAX + 1] = {}; /* per open object: the keys seen; NULL in an array */
@@ -357,7 +358,9 @@ static int request_find_duplicate_key(const char *line, size_t n, char *dup, siz
                         for (i++; i < n && line[i] != '"'; i++)
                                 if (line[i] == '\\')
                                         i++;
-                        if (depth < 0 || !keys[depth] || !want_key[depth])
+                        /* An unterminated string is no key (and must not be
+                         * read past the end). */
+                        if (i >= n || depth < 0 || !keys[depth] || !want_key[depth])
                                 break;
                         want_key[depth] = false;
                         key = request_key(line + start, i + 1 - start);
@@ -373,6 +376,12 @@ static int request_find_duplicate_key(const char *line, size_t n, char *dup, siz
                         free(key);
                         break;
                 }
+                case '\'':
+                case '/':
+                        /* json-c's single-quoted strings and comments, which
+                         * JSON has not: they would hide keys from this scan. */
+                        r = -EBADMSG;
+                        break;
                 default:
                         break;
                 }
@@ -438,6 +447,11 @@ int control_parse_request(const char *line, size_t n, json_object **ret, char *r
                 if (r == -EEXIST) {
                         snprintf(reason, reason_size,
                                  "The request has the key '%s' twice (a duplicate key).", dup);
+                        return -EINVAL;
+                }
+                if (r == -EBADMSG) {
+                        snprintf(reason, reason_size,
+                                 "The request is not valid JSON: a single-quoted string or a comment.");
                         return -EINVAL;
                 }
                 return r;

@@ -63,6 +63,12 @@ static void test_parse_request(void **state)
             {"{\"command\":\"status\",\"comm\\u0061nd\":\"reload\"}", -EINVAL, "'command' twice"},
             {"{\"command\":\"status\",\"x\":[{\"a\":1,\"b\":2,\"a\":3}]}", -EINVAL, "'a' twice"},
             {"{\"command\":\"status\"} x", -EINVAL, "text after"},
+            /* json-c's extensions hid keys from the duplicate check, and a
+             * '"' inside them made it read past the line (fuzz.control). */
+            {"{\"command\":\"status\",'command':'reload'}", -EINVAL, "single-quoted"},
+            {"{\"command\":\"status\",'a\"':1}", -EINVAL, "single-quoted"},
+            {"{\"command\":\"status\"/*\"*/}", -EINVAL, "a comment"},
+            {"{\"command\":\"a/b'c\"}", 0, NULL}, /* inside a string they are text */
             {"[1]", -EINVAL, "must be a JSON object"},
             {"{\"command\"", -EINVAL, "not valid JSON"},
         };

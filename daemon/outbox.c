@@ -1,16 +1,32 @@
 /* outbox: a webhook's durable queue. See outbox.h for the format and the
  * guarantees.
  *
- * Invariants that make the bounded window work:
- *   - E records are written in seq order, and the window holds a prefix of
- *     the pending events in seq order; mem_hi_seq is the highest seq ever
- *     put into the window.
- *   - Once the window is full, every new event is "disk only" (not in
- *     memory) until read-back has caught up with all of them, so every E
- *     record with a seq above mem_hi_seq is pending and only on disk.
- *   - A D record is only ever made for an event in the window.
- * Read-back therefore scans the file from read_offset and takes the E
- * records above mem_hi_seq; compaction keeps the written window plus those.
+ * Invariants that make the bounded, shared window work:
+ *   - E records are written in seq order; the window list is in seq order.
+ *   - Every pending event with a seq below read_seq is in the window, and
+ *     read_offset is at or before the E record of the first pending event
+ *     that is not. With nothing only on disk, read_seq is next_seq.
+ *   - For each session, the events in the window are its oldest pending
+ *     ones: a session's event is taken into memory only after all of its
+ *     earlier ones.
+ *   - A D record is only ever made for an event in the window; the seqs of
+ *     those at or above read_seq are kept in `delivered` (they are still E
+ *     records in the file past read_offset) until read_seq passes them or
+ *     a rewrite leaves them out.
+ * An E record with a seq at or above read_seq that is neither in the window
+ * nor delivered is therefore pending and only on disk. Read-back scans the
+ * file from read_offset and takes such records while their session holds
+ * fewer than session_cap events in memory, so one session whose deliveries
+ * keep failing cannot fill the window and hold the others on disk; the
+ * first one it leaves sets the new read_seq. Compaction copies the E records
+ * that are in the window or only on disk, in file (= seq) order.
+ *
+ * Within one pass, a session's count in memory only grows, so once an event
+ * of a session is left behind, every later one of that session is too: the
+ * per-session prefix holds. A pass that left events behind because of the
+ * cap pauses read-back until something could change its outcome: a
+ * session's last event in memory is done, half a cap's worth of events were
+ * done, or a new event went to disk.
  *
  * Threading: one Job at a time is in the threadpool. It owns its buffer and
  * result list while it runs; the loop thread applies its results in the
@@ -256,6 +272,141 @@ static int put_done(Buf *b, uint64_t seq)
         return buf_put_line(b, parts, lens, 1);
 }
 
+/* ---- Per-session counts ---- */
+
+/* The session of an event, as a nonzero 64-bit hash (FNV-1a, then mixed). A
+ * collision only makes two sessions share a cap: order is still kept. */
+static uint64_t session_hash(const char *sid, size_t len)
+{
+        uint64_t h = 0xcbf29ce484222325ULL;
+
+        for (size_t i = 0; i < len; i++) {
+                h ^= (unsigned char)sid[i];
+                h *= 0x100000001b3ULL;
+        }
+        h ^= h >> 33;
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 33;
+        return h ? h : 1;
+}
+
+/* Events in memory per session hash: open addressing with linear probing
+ * and backward-shift deletion. It is sized for twice the window, so it
+ * never fills (the window holds at most window_max events). */
+typedef struct CountMap {
+        uint64_t *keys; /* 0: empty */
+        uint32_t *counts;
+        size_t mask;
+} CountMap;
+
+static int countmap_init(CountMap *m, size_t entries)
+{
+        size_t n = 16;
+
+        while (n < entries * 2 + 4)
+                n *= 2;
+        m->keys = calloc(n, sizeof(*m->keys));
+        m->counts = calloc(n, sizeof(*m->counts));
+        m->mask = n - 1;
+        if (!m->keys || !m->counts) {
+                free(m->keys);
+                free(m->counts);
+                *m = (CountMap){};
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static void countmap_done(CountMap *m)
+{
+        free(m->keys);
+        free(m->counts);
+        *m = (CountMap){};
+}
+
+static void countmap_clear(CountMap *m)
+{
+        if (m->keys)
+                memset(m->keys, 0, (m->mask + 1) * sizeof(*m->keys));
+}
+
+static size_t countmap_find(const CountMap *m, uint64_t key)
+{
+        size_t i = (size_t)key & m->mask;
+
+        while (m->keys[i] != 0 && m->keys[i] != key)
+                i = (i + 1) & m->mask;
+        return i;
+}
+
+static uint32_t countmap_get(const CountMap *m, uint64_t key)
+{
+        size_t i = countmap_find(m, key);
+
+        return m->keys[i] == key ? m->counts[i] : 0;
+}
+
+static void countmap_inc(CountMap *m, uint64_t key)
+{
+        size_t i = countmap_find(m, key);
+
+        if (m->keys[i] != key) {
+                m->keys[i] = key;
+                m->counts[i] = 0;
+        }
+        m->counts[i]++;
+}
+
+/* Returns the count left. */
+static uint32_t countmap_dec(CountMap *m, uint64_t key)
+{
+        size_t i = countmap_find(m, key), j;
+
+        if (m->keys[i] != key)
+                return 0;
+        if (--m->counts[i] > 0)
+                return m->counts[i];
+        /* Backward shift: move up the entries whose probe passed slot i. */
+        for (j = i;;) {
+                size_t home;
+
+                j = (j + 1) & m->mask;
+                if (m->keys[j] == 0)
+                        break;
+                home = (size_t)m->keys[j] & m->mask;
+                if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                        continue;
+                m->keys[i] = m->keys[j];
+                m->counts[i] = m->counts[j];
+                i = j;
+        }
+        m->keys[i] = 0;
+        return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+static bool seq_in(const uint64_t *sorted, size_t n, uint64_t seq)
+{
+        size_t lo = 0, hi = n;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+
+                if (sorted[mid] == seq)
+                        return true;
+                if (sorted[mid] < seq)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return false;
+}
+
 /* ---- Blocking file helpers (threadpool, or outbox_open) ---- */
 
 /* Reads complete lines of a file region [pos, end) with pread. */
@@ -419,17 +570,24 @@ typedef struct Job {
         bool sync;
         uint64_t file_size; /* APPEND: where the write starts; REFILL/COMPACT: the end to read to */
 
-        /* REFILL and COMPACT: the region after read_offset and what to take. */
+        /* REFILL: the region after read_offset and what to take; COMPACT:
+         * what to keep. The window's seqs (in order) and session hashes and
+         * the delivered seqs (sorted) are copies the job owns. */
         uint64_t offset;
-        uint64_t mem_hi_seq;
-        size_t max_entries, max_bytes;
+        uint64_t read_seq, end_seq;
+        uint64_t *mem_seqs, *mem_hashes;
+        size_t n_mem;
+        uint64_t *delivered;
+        size_t n_delivered;
+        size_t max_entries, max_bytes, cap, max_skip;
 
         /* Results. */
         int error;
         const char *what;
         OutboxEntry *first, *last; /* REFILL */
         size_t n_entries, n_bytes;
-        uint64_t hi_seq, new_offset, bad_lines;
+        uint64_t new_read_seq, new_offset, bad_lines;
+        bool capped;            /* REFILL: an event was left because its session was at the cap */
         uint64_t test_delay_ms; /* test hook: APPEND sleeps this long before writing */
         int new_fd;             /* COMPACT */
         uint64_t new_size, new_read_offset, tail_records;
@@ -448,7 +606,13 @@ struct Outbox {
         OutboxEntry *head, *tail;
         size_t n_window, window_bytes;
         uint64_t disk_only;
-        uint64_t next_seq, mem_hi_seq, written_seq;
+        uint64_t next_seq, read_seq, written_seq;
+        CountMap counts;     /* events in the window per session */
+        size_t session_cap;  /* the most events of one session read back or loaded into the window */
+        uint64_t *delivered; /* done events at or above read_seq, in the order they were done */
+        size_t n_delivered, delivered_cap;
+        bool refill_paused; /* the last read-back was limited by the cap */
+        size_t done_since_pause;
         uint64_t read_offset, file_size, file_e, file_d;
         uint64_t compact_after_bytes; /* after a failed rewrite, wait for the file to grow */
 
@@ -514,8 +678,35 @@ static void window_push(Outbox *o, OutboxEntry *e)
         o->tail = e;
         o->n_window++;
         o->window_bytes += entry_cost(e);
-        if (e->seq > o->mem_hi_seq)
-                o->mem_hi_seq = e->seq;
+        countmap_inc(&o->counts, session_hash(e->session_id, strlen(e->session_id)));
+}
+
+/* Puts read-back entries (a list in seq order) into the window, in order. */
+static void window_merge(Outbox *o, OutboxEntry *list)
+{
+        OutboxEntry *at = o->head;
+
+        while (list) {
+                OutboxEntry *e = list;
+
+                list = list->next;
+                while (at && at->seq < e->seq)
+                        at = at->next;
+                if (!at) {
+                        window_push(o, e);
+                        continue;
+                }
+                e->next = at;
+                e->prev = at->prev;
+                if (at->prev)
+                        at->prev->next = e;
+                else
+                        o->head = e;
+                at->prev = e;
+                o->n_window++;
+                o->window_bytes += entry_cost(e);
+                countmap_inc(&o->counts, session_hash(e->session_id, strlen(e->session_id)));
+        }
 }
 
 static void window_unlink(Outbox *o, OutboxEntry *e)
@@ -530,6 +721,8 @@ static void window_unlink(Outbox *o, OutboxEntry *e)
                 o->tail = e->prev;
         o->n_window--;
         o->window_bytes -= entry_cost(e);
+        /* The count left is read by outbox_done(). */
+        (void)countmap_dec(&o->counts, session_hash(e->session_id, strlen(e->session_id)));
 }
 
 static bool window_full(const Outbox *o)
@@ -580,39 +773,79 @@ static void job_append(Job *j)
         }
 }
 
+/* Whether an E record is pending and only on disk, by the copies the job
+ * was given. */
+static bool job_disk_only(const Job *j, uint64_t seq)
+{
+        return seq >= j->read_seq && !seq_in(j->mem_seqs, j->n_mem, seq) &&
+               !seq_in(j->delivered, j->n_delivered, seq);
+}
+
 static void job_refill(Job *j)
 {
         LineReader rd;
         const char *line;
-        size_t len;
+        size_t len, skipped = 0;
         uint64_t off;
         Record rec;
+        CountMap counts;
+        bool left = false; /* a disk-only event was left: the read position is set */
         int r;
 
-        reader_init(&rd, j->fd, j->offset, j->file_size);
+        /* Unless the pass reads to the end, or leaves an event behind, the
+         * read position stays where it was. */
+        j->new_read_seq = j->read_seq;
         j->new_offset = j->offset;
-        j->hi_seq = j->mem_hi_seq;
+        r = countmap_init(&counts, j->max_entries + j->n_mem);
+        if (r < 0) {
+                j->error = r;
+                j->what = "read back";
+                return;
+        }
+        for (size_t i = 0; i < j->n_mem; i++)
+                countmap_inc(&counts, j->mem_hashes[i]);
+
+        reader_init(&rd, j->fd, j->offset, j->file_size);
         while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
                 OutboxEntry *e;
+                uint64_t h;
 
                 if (parse_line(line, len, &rec) < 0) {
                         j->bad_lines++;
-                        j->new_offset = off + len + 1;
                         continue;
                 }
-                if (rec.type != RECORD_EVENT || rec.seq <= j->hi_seq) {
-                        j->new_offset = off + len + 1;
+                if (rec.type != RECORD_EVENT || !job_disk_only(j, rec.seq))
                         continue;
-                }
                 if (j->n_entries > 0 && (j->n_entries >= j->max_entries ||
-                                         j->n_bytes + sizeof(*e) + rec.body_len > j->max_bytes))
+                                         j->n_bytes + sizeof(*e) + rec.body_len > j->max_bytes)) {
+                        if (!left) {
+                                j->new_read_seq = rec.seq;
+                                j->new_offset = off;
+                        }
+                        left = true;
                         break;
+                }
+                h = session_hash(rec.session_id, rec.session_id_len);
+                if (countmap_get(&counts, h) >= j->cap) {
+                        /* Its session has its share in memory: it stays on
+                         * disk, and so do the session's later events. */
+                        if (!left) {
+                                j->new_read_seq = rec.seq;
+                                j->new_offset = off;
+                        }
+                        left = true;
+                        j->capped = true;
+                        if (++skipped >= j->max_skip)
+                                break;
+                        continue;
+                }
                 e = entry_new(rec.seq, rec.created_us, rec.session_id, rec.session_id_len, rec.event_id,
                               rec.event_id_len, rec.body, rec.body_len);
                 if (!e) {
                         r = -ENOMEM;
                         break;
                 }
+                countmap_inc(&counts, h);
                 e->prev = j->last;
                 if (j->last)
                         j->last->next = e;
@@ -621,14 +854,18 @@ static void job_refill(Job *j)
                 j->last = e;
                 j->n_entries++;
                 j->n_bytes += entry_cost(e);
-                j->hi_seq = rec.seq;
-                j->new_offset = off + len + 1;
         }
         if (r < 0) {
                 j->error = r;
                 j->what = "read back";
+        } else if (!left) {
+                /* Read to the end: every event written before the job
+                 * started is in memory or done. */
+                j->new_read_seq = j->end_seq;
+                j->new_offset = j->file_size;
         }
         reader_done(&rd);
+        countmap_done(&counts);
 }
 
 static int compact_fill(void *userdata, int fd)
@@ -640,22 +877,28 @@ static int compact_fill(void *userdata, int fd)
         size_t len;
         uint64_t off;
         Record rec;
+        bool found = false;
         int r;
 
-        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0 ||
-            (r = fd_write_all(fd, j->buf.data, j->buf.len)) < 0) {
+        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0) {
                 buf_free(&head);
                 return r;
         }
-        j->new_read_offset = head.len + j->buf.len;
-        j->new_size = j->new_read_offset;
+        j->new_size = head.len;
         buf_free(&head);
 
-        /* The disk-only events follow, copied line by line. */
-        reader_init(&rd, j->fd, j->offset, j->file_size);
+        /* Every pending event, in the window or only on disk, copied line
+         * by line in file order, which is seq order. */
+        reader_init(&rd, j->fd, 0, j->file_size);
         while ((r = reader_next(&rd, &line, &len, &off)) > 0) {
-                if (parse_line(line, len, &rec) < 0 || rec.type != RECORD_EVENT || rec.seq <= j->mem_hi_seq)
+                if (parse_line(line, len, &rec) < 0 || rec.type != RECORD_EVENT)
                         continue;
+                if (!seq_in(j->mem_seqs, j->n_mem, rec.seq) && !job_disk_only(j, rec.seq))
+                        continue;
+                if (!found && rec.seq >= j->read_seq) {
+                        j->new_read_offset = j->new_size;
+                        found = true;
+                }
                 /* The newline after the line is in the reader's buffer. */
                 r = fd_write_all(fd, line, len + 1);
                 if (r < 0)
@@ -664,6 +907,8 @@ static int compact_fill(void *userdata, int fd)
                 j->tail_records++;
         }
         reader_done(&rd);
+        if (!found)
+                j->new_read_offset = j->new_size;
         return r;
 }
 
@@ -778,29 +1023,53 @@ static void apply_append(Outbox *o, Job *j)
         j->buf.len = 0;
 }
 
+/* read_seq moved up: the delivered events below it are no longer needed
+ * to tell pending records from done ones. */
+static void delivered_trim(Outbox *o)
+{
+        size_t k = 0;
+
+        for (size_t i = 0; i < o->n_delivered; i++)
+                if (o->delivered[i] >= o->read_seq)
+                        o->delivered[k++] = o->delivered[i];
+        o->n_delivered = k;
+}
+
+/* Nothing waits on disk any more. */
+static void all_in_memory(Outbox *o)
+{
+        o->disk_only = 0;
+        o->read_seq = o->next_seq;
+        o->read_offset = o->file_size;
+        o->n_delivered = 0;
+        o->refill_paused = false;
+}
+
 static void apply_refill(Outbox *o, Job *j)
 {
-        OutboxEntry *e = j->first;
-
         if (j->error < 0)
                 log_failure(o, j->error, j->what);
         if (j->bad_lines > 0)
                 log_error("Skipped %" PRIu64
                           " unreadable record(s) while reading back the webhook outbox '%s/%s'.",
                           j->bad_lines, o->folder, o->file_name);
-        while (e) {
-                OutboxEntry *next = e->next;
-                window_push(o, e);
-                e = next;
-        }
+        window_merge(o, j->first);
         j->first = j->last = NULL;
         o->disk_only -= j->n_entries <= o->disk_only ? j->n_entries : o->disk_only;
+        o->read_seq = j->new_read_seq;
         o->read_offset = j->new_offset;
+        o->refills++;
         /* Read to the end and nothing unwritten: the count was off (records
          * lost to disk damage); what is on disk is all in memory now. */
-        if (j->error == 0 && o->read_offset >= o->file_size && o->pending_e == 0)
-                o->disk_only = 0;
-        o->refills++;
+        if (o->disk_only == 0 || (j->error == 0 && o->read_offset >= o->file_size && o->pending_e == 0)) {
+                all_in_memory(o);
+                return;
+        }
+        delivered_trim(o);
+        if (j->capped) {
+                o->refill_paused = true;
+                o->done_since_pause = 0;
+        }
 }
 
 static void apply_compact(Outbox *o, Job *j)
@@ -815,12 +1084,27 @@ static void apply_compact(Outbox *o, Job *j)
         o->fd = j->new_fd;
         o->file_size = j->new_size;
         o->read_offset = o->disk_only > 0 ? j->new_read_offset : j->new_size;
-        o->file_e = j->e_records + j->tail_records;
+        o->file_e = j->tail_records;
         o->file_d = 0;
         o->unsynced = false;
         o->compactions++;
         o->compact_after_bytes = 0;
+        /* The events delivered before the rewrite started are not in the new
+         * file; those delivered since are (with their D records to come). */
+        assert(j->n_delivered <= o->n_delivered);
+        memmove(o->delivered, o->delivered + j->n_delivered,
+                (o->n_delivered - j->n_delivered) * sizeof(uint64_t));
+        o->n_delivered -= j->n_delivered;
         j->buf.len = 0;
+}
+
+static void job_free_copies(Job *j)
+{
+        free(j->mem_seqs);
+        free(j->mem_hashes);
+        free(j->delivered);
+        j->mem_seqs = j->mem_hashes = j->delivered = NULL;
+        j->n_mem = j->n_delivered = 0;
 }
 
 static void close_finish(Outbox *o);
@@ -845,6 +1129,7 @@ static void on_work_done(uv_work_t *req, int status)
                 apply_compact(o, j);
                 break;
         }
+        job_free_copies(j);
         o->in_flight = false;
         if (o->closing) {
                 if (o->final_started)
@@ -907,21 +1192,55 @@ static void start_append(Outbox *o, bool sync)
 
 static bool want_refill(const Outbox *o)
 {
-        return o->disk_only > 0 && o->read_offset < o->file_size && o->n_window <= o->window_max * 3 / 4 &&
-               o->window_bytes <= o->window_bytes_max * 3 / 4;
+        return o->disk_only > 0 && !o->refill_paused && o->read_offset < o->file_size &&
+               o->n_window <= o->window_max * 3 / 4 && o->window_bytes <= o->window_bytes_max * 3 / 4;
 }
 
-static void start_refill(Outbox *o)
+/* Gives the job copies of the window's seqs and session hashes and of the
+ * delivered seqs, sorted. */
+static int job_copy_state(Outbox *o, Job *j, bool hashes)
+{
+        size_t i = 0;
+
+        j->mem_seqs = malloc((o->n_window ? o->n_window : 1) * sizeof(uint64_t));
+        j->mem_hashes = hashes ? malloc((o->n_window ? o->n_window : 1) * sizeof(uint64_t)) : NULL;
+        j->delivered = malloc((o->n_delivered ? o->n_delivered : 1) * sizeof(uint64_t));
+        if (!j->mem_seqs || (hashes && !j->mem_hashes) || !j->delivered) {
+                job_free_copies(j);
+                return -ENOMEM;
+        }
+        for (OutboxEntry *e = o->head; e; e = e->next, i++) {
+                j->mem_seqs[i] = e->seq;
+                if (hashes)
+                        j->mem_hashes[i] = session_hash(e->session_id, strlen(e->session_id));
+        }
+        j->n_mem = i;
+        if (o->n_delivered > 0)
+                memcpy(j->delivered, o->delivered, o->n_delivered * sizeof(uint64_t));
+        j->n_delivered = o->n_delivered;
+        qsort(j->delivered, j->n_delivered, sizeof(uint64_t), cmp_u64);
+        j->read_seq = o->read_seq;
+        j->end_seq = o->next_seq;
+        return 0;
+}
+
+static int start_refill(Outbox *o)
 {
         Job *j = &o->job;
+        int r;
 
         job_reset(o, j, JOB_REFILL);
+        r = job_copy_state(o, j, true);
+        if (r < 0)
+                return r;
         j->offset = o->read_offset;
         j->file_size = o->file_size;
-        j->mem_hi_seq = o->mem_hi_seq;
         j->max_entries = o->window_max > o->n_window ? o->window_max - o->n_window : 1;
         j->max_bytes = o->window_bytes_max > o->window_bytes ? o->window_bytes_max - o->window_bytes : 1;
+        j->cap = o->session_cap;
+        j->max_skip = o->window_max * 4;
         submit(o);
+        return 0;
 }
 
 static bool want_compact(const Outbox *o)
@@ -936,16 +1255,10 @@ static int start_compact(Outbox *o)
         int r;
 
         job_reset(o, j, JOB_COMPACT);
-        for (OutboxEntry *e = o->head; e && e->seq <= o->written_seq; e = e->next) {
-                r = put_event(&j->buf, e->seq, e->created_us, e->session_id, strlen(e->session_id),
-                              e->event_id, strlen(e->event_id), e->body, e->body_len);
-                if (r < 0)
-                        return r;
-                j->e_records++;
-        }
-        j->offset = o->disk_only > 0 ? o->read_offset : o->file_size;
+        r = job_copy_state(o, j, false);
+        if (r < 0)
+                return r;
         j->file_size = o->file_size;
-        j->mem_hi_seq = o->mem_hi_seq;
         submit(o);
         return 0;
 }
@@ -972,8 +1285,11 @@ static void start_job(Outbox *o)
                 return;
         }
         if (want_refill(o)) {
-                start_refill(o);
-                return;
+                if (start_refill(o) == 0)
+                        return;
+                /* Out of memory: try again when an event is done or new. */
+                o->refill_paused = true;
+                o->done_since_pause = 0;
         }
         if (want_compact(o)) {
                 if (start_compact(o) < 0) {
@@ -1006,9 +1322,11 @@ int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64
         if (o->pending.len + body_len > o->pending_max)
                 return -ENOBUFS;
 
-        /* Once the window overflowed, newer events stay on disk until the
-         * read-back caught up with them, which keeps seq order. */
-        if (o->disk_only == 0 && !window_full(o)) {
+        /* While anything waits on disk, newer events wait there too, and so
+         * does one whose session has its share of the window already: the
+         * read-back takes them in order. */
+        if (o->disk_only == 0 && !window_full(o) &&
+            countmap_get(&o->counts, session_hash(session_id, sid_len)) < o->session_cap) {
                 e = entry_new(o->next_seq, created_us, session_id, sid_len, event_id, eid_len, body,
                               body_len);
                 if (!e)
@@ -1024,11 +1342,16 @@ int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64
         }
         o->pending_e++;
         o->pending_max_seq = o->next_seq;
-        if (e)
+        if (e) {
                 window_push(o, e);
-        else
+        } else {
                 o->disk_only++;
+                /* A new event on disk may be one the read-back can take. */
+                o->refill_paused = false;
+        }
         o->next_seq++;
+        if (o->disk_only == 0)
+                o->read_seq = o->next_seq;
         o->appended++;
         start_job(o);
         return 0;
@@ -1066,6 +1389,31 @@ void outbox_done(Outbox *o, OutboxEntry *e)
 
         assert(!o->closing || !o->final_started);
         window_unlink(o, e);
+        if (e->seq >= o->read_seq) {
+                /* Its E record lies past the read position: remember that it
+                 * is done, or a read-back would take it again. */
+                if (o->n_delivered == o->delivered_cap) {
+                        size_t cap = o->delivered_cap ? o->delivered_cap * 2 : 64;
+                        uint64_t *p = realloc(o->delivered, cap * sizeof(uint64_t));
+
+                        if (p) {
+                                o->delivered = p;
+                                o->delivered_cap = cap;
+                        }
+                }
+                if (o->n_delivered < o->delivered_cap)
+                        o->delivered[o->n_delivered++] = e->seq;
+                else
+                        /* At least once still holds: it is sent again. */
+                        log_error("Out of memory: '%s' may be delivered again.", e->event_id);
+        }
+        if (o->refill_paused) {
+                /* What the read-back left may fit now. */
+                o->done_since_pause++;
+                if (countmap_get(&o->counts, session_hash(e->session_id, strlen(e->session_id))) == 0 ||
+                    o->done_since_pause * 2 >= o->session_cap)
+                        o->refill_paused = false;
+        }
         r = put_done(&o->pending, e->seq);
         if (r < 0)
                 /* The event will be sent again after a restart: at least
@@ -1115,6 +1463,9 @@ static void outbox_free(Outbox *o)
 {
         free_entries(o->head);
         free_entries(o->job.first);
+        job_free_copies(&o->job);
+        countmap_done(&o->counts);
+        free(o->delivered);
         buf_free(&o->pending);
         buf_free(&o->job.buf);
         free(o->folder);
@@ -1169,12 +1520,6 @@ void outbox_close(Outbox *o, void (*closed)(void *userdata), void *userdata)
 
 /* ---- Loading, blocking ---- */
 
-static int cmp_u64(const void *a, const void *b)
-{
-        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-        return x < y ? -1 : x > y;
-}
-
 typedef struct Loader {
         Outbox *o;
         OutboxLoadReport *rep;
@@ -1188,6 +1533,8 @@ typedef struct Loader {
         int in_fd;
         uint64_t out_size, first_disk_only; /* in the file being kept or written */
         uint64_t kept;
+        bool taking;    /* events still go to the window */
+        size_t skipped; /* events left on disk for the cap */
 } Loader;
 
 static bool is_done(const Loader *l, uint64_t seq)
@@ -1314,7 +1661,17 @@ static int load_take(Loader *l, int out_fd)
                         l->out_size += len + 1;
                 }
                 l->rep->pending++;
-                if (o->disk_only == 0 && !window_full(o)) {
+                if (l->taking && window_full(o))
+                        l->taking = false;
+                if (l->taking &&
+                    countmap_get(&o->counts, session_hash(rec.session_id, rec.session_id_len)) >=
+                        o->session_cap) {
+                        /* The same cap as the read-back's, and the same
+                         * bound on how far past the first event left on
+                         * disk it looks. */
+                        if (++l->skipped >= o->window_max * 4)
+                                l->taking = false;
+                } else if (l->taking) {
                         OutboxEntry *e =
                             entry_new(rec.seq, rec.created_us, rec.session_id, rec.session_id_len,
                                       rec.event_id, rec.event_id_len, rec.body, rec.body_len);
@@ -1323,11 +1680,14 @@ static int load_take(Loader *l, int out_fd)
                                 break;
                         }
                         window_push(o, e);
-                } else {
-                        if (o->disk_only == 0)
-                                l->first_disk_only = at;
-                        o->disk_only++;
+                        l->kept++;
+                        continue;
                 }
+                if (o->disk_only == 0) {
+                        l->first_disk_only = at;
+                        o->read_seq = rec.seq;
+                }
+                o->disk_only++;
                 l->kept++;
         }
         reader_done(&rd);
@@ -1355,7 +1715,7 @@ static void reset_window(Outbox *o)
         o->head = o->tail = NULL;
         o->n_window = o->window_bytes = 0;
         o->disk_only = 0;
-        o->mem_hi_seq = 0;
+        countmap_clear(&o->counts);
 }
 
 /* Renames the unreadable file aside, never replacing anything. */
@@ -1400,7 +1760,7 @@ static int write_fresh(void *userdata, int fd)
 
 static int load(Outbox *o, OutboxLoadReport *rep)
 {
-        Loader l = {.o = o, .rep = rep, .in_fd = -1};
+        Loader l = {.o = o, .rep = rep, .in_fd = -1, .taking = true};
         struct stat st;
         int fd, r;
 
@@ -1473,6 +1833,8 @@ static int load(Outbox *o, OutboxLoadReport *rep)
         o->next_seq = l.max_seq + 1;
         r = 0;
 out:
+        if (o->disk_only == 0)
+                o->read_seq = o->next_seq;
         o->written_seq = o->next_seq - 1;
         free(l.done);
         return r;
@@ -1530,6 +1892,12 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *u
                 r = -ENOMEM;
                 goto fail;
         }
+        /* A session's share of the window: one that keeps failing holds
+         * at most this much of it, the others get the rest. */
+        o->session_cap = o->window_max / 16 > 0 ? o->window_max / 16 : 1;
+        r = countmap_init(&o->counts, o->window_max);
+        if (r < 0)
+                goto fail;
         r = open_folder(o->folder, &o->dir_fd);
         if (r < 0)
                 goto fail;

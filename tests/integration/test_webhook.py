@@ -617,11 +617,9 @@ class WebhookTest(unittest.TestCase):
         self.assertEqual(self.orphans(again), {})
         self.stop(again)
 
-    # The in-memory window of a webhook is not shared across sessions yet:
-    # once one session's events fill it, other sessions' events wait on disk
-    # until that session is delivered. This test shows the gap and starts
-    # passing once the window is shared fairly.
-    @unittest.expectedFailure
+    # The in-memory window of a webhook is shared across sessions: one
+    # session whose deliveries keep failing holds at most its share of it,
+    # so other sessions' events are read back from disk and delivered.
     def test_one_sessions_retries_do_not_hold_the_others_on_disk(self):
         a, b, c = self.sessions("seshol", 3)
         sim = self.start_sim([swtest.sim_session(sid, [[0, "Active"]]) for sid in (a, b, c)])

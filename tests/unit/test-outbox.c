@@ -1,7 +1,9 @@
 /* Unit tests of the webhook outbox: appends become ready once written,
  * restart resumes in order, a torn tail is dropped, a corrupt file is moved
  * aside byte for byte, done records are compacted away, and a small window
- * is refilled from disk in order while memory holds only the window. Each
+ * is refilled from disk in order while memory holds only the window, shared
+ * across sessions so that one failing session cannot hold the others on disk
+ * (their order, a rewrite and a reload after a crash included). Each
  * test drives a real libuv loop on files in its own temporary folder and
  * ends with uv_loop_close() == 0. */
 #include <stdarg.h>
@@ -507,6 +509,332 @@ static void test_write_failure_is_retried(void **state)
         close_outbox(f, ob);
 }
 
+/* ---- The window shared across sessions ---- */
+
+/* Events of a few sessions; the body's n is the index in `all`. */
+typedef struct Fair {
+        const char *sid[4];
+        unsigned n_sessions;
+        unsigned session_of[256]; /* by n */
+        unsigned count;
+        bool delivered[256];
+        unsigned next_of[4]; /* the next n each session must deliver */
+} Fair;
+
+static void fair_append(Fair *fr, Outbox *ob, unsigned session)
+{
+        char eid[64], body[128];
+        unsigned n = fr->count++;
+
+        assert_true(n < 256);
+        fr->session_of[n] = session;
+        snprintf(eid, sizeof(eid), "evt_%032u", n);
+        snprintf(body, sizeof(body), "{\"n\":%u,\"text\":\"x y\"}", n);
+        assert_int_equal(outbox_append(ob, fr->sid[session], eid, 1700000000000000 + n, body, strlen(body)),
+                         0);
+}
+
+static unsigned fair_session(const Fair *fr, const char *sid)
+{
+        for (unsigned s = 0; s < fr->n_sessions; s++)
+                if (strcmp(fr->sid[s], sid) == 0)
+                        return s;
+        fail();
+        return 0;
+}
+
+/* The first undelivered n of a session at or after `from`. */
+static unsigned fair_next(const Fair *fr, unsigned session, unsigned from)
+{
+        for (unsigned n = from; n < fr->count; n++)
+                if (fr->session_of[n] == session && !fr->delivered[n])
+                        return n;
+        return UINT32_MAX;
+}
+
+/* Checks the window: in seq order, never over `window` events, and for
+ * each session exactly its oldest pending events, in order. Returns how
+ * many events of `session` it holds. */
+static unsigned fair_check(const Fair *fr, Outbox *ob, size_t window, unsigned session)
+{
+        unsigned expect[4], held = 0;
+        uint64_t last_seq = 0;
+        size_t k = 0;
+        OutboxStats st;
+
+        for (unsigned s = 0; s < fr->n_sessions; s++)
+                expect[s] = fair_next(fr, s, 0);
+        for (OutboxEntry *e = outbox_first(ob); e; e = outbox_next(ob, e), k++) {
+                unsigned s = fair_session(fr, e->session_id), n = body_n(e);
+
+                assert_true(e->seq > last_seq);
+                last_seq = e->seq;
+                assert_int_equal(n, expect[s]);
+                expect[s] = fair_next(fr, s, n + 1);
+                if (s == session)
+                        held++;
+        }
+        outbox_stats(ob, &st);
+        assert_int_equal(st.window, k);
+        assert_true(k <= window);
+        return held;
+}
+
+/* Delivers the oldest event of `session` in the window; false when it has
+ * none there. */
+static bool fair_deliver(Fair *fr, Outbox *ob, unsigned session)
+{
+        for (OutboxEntry *e = outbox_first(ob); e; e = outbox_next(ob, e)) {
+                unsigned n = body_n(e);
+
+                if (fair_session(fr, e->session_id) != session)
+                        continue;
+                assert_true(outbox_entry_ready(ob, e));
+                assert_int_equal(n, fr->next_of[session]);
+                assert_false(fr->delivered[n]);
+                fr->delivered[n] = true;
+                fr->next_of[session] = fair_next(fr, session, n + 1);
+                outbox_done(ob, e);
+                return true;
+        }
+        return false;
+}
+
+static void fair_init(Fair *fr)
+{
+        *fr = (Fair){.sid = {"sesA", "sesB", "sesC"}, .n_sessions = 3};
+}
+
+static void fair_start(Fair *fr)
+{
+        for (unsigned s = 0; s < fr->n_sessions; s++)
+                fr->next_of[s] = fair_next(fr, s, 0);
+}
+
+/* Delivers every event of the sessions in `mask`, one at a time, checking
+ * the window after each; returns how many. */
+static unsigned fair_drain(Fixture *f, Fair *fr, Outbox *ob, size_t window, unsigned mask, unsigned failing)
+{
+        unsigned delivered = 0;
+        bool any;
+
+        do {
+                any = false;
+                settle(f);
+                /* The failing session never holds more than its share. */
+                assert_true(fair_check(fr, ob, window, failing) <= (window / 16 > 0 ? window / 16 : 1));
+                for (unsigned s = 0; s < fr->n_sessions; s++)
+                        if ((mask & (1u << s)) && fair_deliver(fr, ob, s)) {
+                                any = true;
+                                delivered++;
+                        }
+        } while (any);
+        return delivered;
+}
+
+/* One session whose events keep failing (never done) holds only its share
+ * of the window: the others' events, appended after all of its, are read
+ * back and delivered, in order; its own follow in order once they go. */
+static void test_fair_one_session_failing(void **state)
+{
+        Fixture *f = *state;
+        OutboxLoadReport rep;
+        OutboxStats st;
+        Fair fr;
+        Outbox *ob = open_outbox(f, 32, &rep);
+
+        fair_init(&fr);
+        for (unsigned n = 0; n < 80; n++)
+                fair_append(&fr, ob, 0);
+        for (unsigned n = 0; n < 20; n++) {
+                fair_append(&fr, ob, 1);
+                fair_append(&fr, ob, 2);
+        }
+        fair_start(&fr);
+        outbox_stats(ob, &st);
+        assert_int_equal(st.window, 2);
+        assert_int_equal(st.disk_only, 118);
+
+        /* B and C get through while A keeps failing. */
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 1 | 1u << 2, 0), 40);
+        outbox_stats(ob, &st);
+        assert_int_equal(st.pending, 80);
+        assert_true(st.refills >= 2);
+
+        /* New events of B still pass A's while A waits. */
+        fair_append(&fr, ob, 1);
+        fr.next_of[1] = fair_next(&fr, 1, 0);
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 1, 0), 1);
+
+        /* A's events, in order, once its receiver takes them. */
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 0, 0), 80);
+        outbox_stats(ob, &st);
+        assert_int_equal(st.pending, 0);
+        assert_int_equal(st.disk_only, 0);
+        for (unsigned n = 0; n < fr.count; n++)
+                assert_true(fr.delivered[n]);
+
+        /* With nothing on disk, new events go to memory again. */
+        fair_append(&fr, ob, 0);
+        outbox_stats(ob, &st);
+        assert_int_equal(st.window, 1);
+        assert_int_equal(st.disk_only, 0);
+        close_outbox(f, ob);
+}
+
+/* Reads the n of every E record of the file, in file order, and checks the
+ * seqs increase. Returns how many. */
+static unsigned file_events(const char *path, unsigned *ret_n, unsigned max)
+{
+        size_t len;
+        char *data = read_file(path, &len), *p = data;
+        unsigned count = 0;
+        uint64_t last = 0;
+
+        while (p < data + len) {
+                char *nl = strchr(p, '\n');
+                uint64_t seq;
+                unsigned n;
+
+                assert_non_null(nl);
+                if (sscanf(p + 9, "E %" SCNu64, &seq) == 1) {
+                        char *b = strstr(p, "{\"n\":");
+
+                        assert_non_null(b);
+                        assert_true(b < nl);
+                        assert_int_equal(sscanf(b, "{\"n\":%u,", &n), 1);
+                        assert_true(seq > last);
+                        last = seq;
+                        assert_true(count < max);
+                        ret_n[count++] = n;
+                }
+                p = nl + 1;
+        }
+        free(data);
+        return count;
+}
+
+/* A rewrite while one session waits keeps every pending event (in the
+ * window or only on disk) in seq order, and none that was delivered, even
+ * those delivered past the read position. */
+static void test_fair_rewrite_keeps_pending_in_order(void **state)
+{
+        Fixture *f = *state;
+        OutboxOptions o = {
+            .folder = f->dir,
+            .name = "t",
+            .window_entries = 32,
+            .sync_interval_ms = 1,
+            .compact_min_bytes = 1,
+        };
+        OutboxLoadReport rep;
+        OutboxStats st;
+        Outbox *ob = NULL;
+        unsigned ns[256], k, a = 0;
+        Fair fr;
+
+        assert_int_equal(outbox_open(&f->loop, &o, on_ready, f, &ob, &rep), 0);
+        fair_init(&fr);
+        for (unsigned n = 0; n < 20; n++)
+                fair_append(&fr, ob, 0);
+        for (unsigned n = 0; n < 30; n++) {
+                fair_append(&fr, ob, 1);
+                fair_append(&fr, ob, 2);
+        }
+        for (unsigned n = 0; n < 10; n++)
+                fair_append(&fr, ob, 0);
+        fair_start(&fr);
+        /* One of A's is delivered, the rest waits behind its share. */
+        settle(f);
+        assert_true(fair_deliver(&fr, ob, 0));
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 1 | 1u << 2, 0), 60);
+        outbox_stats(ob, &st);
+        assert_true(st.compactions >= 1);
+        assert_int_equal(st.pending, 29);
+
+        /* The file holds exactly A's pending events, in order (D records
+         * made after the last rewrite aside, there are none here). */
+        k = file_events(f->path, ns, 256);
+        for (unsigned i = 0; i < k; i++) {
+                if (fr.delivered[ns[i]])
+                        continue;
+                assert_int_equal(fr.session_of[ns[i]], 0);
+                assert_int_equal(ns[i], fair_next(&fr, 0, a));
+                a = ns[i] + 1;
+        }
+        assert_int_equal(fair_next(&fr, 0, a), UINT32_MAX);
+        close_outbox(f, ob);
+
+        ob = open_outbox(f, 32, &rep);
+        assert_int_equal(rep.pending, 29);
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 0, 0), 29);
+        close_outbox(f, ob);
+        for (unsigned n = 0; n < fr.count; n++)
+                assert_true(fr.delivered[n]);
+}
+
+/* The file as a crash leaves it, taken while one session waits and the
+ * others' events were delivered past the read position, loads with nothing
+ * lost: every event without a D record is pending, the load applies the
+ * same share, and the rest drains in order per session. */
+static void test_fair_reload_after_crash(void **state)
+{
+        Fixture *f = *state;
+        OutboxLoadReport rep;
+        OutboxStats st;
+        Outbox *ob = open_outbox(f, 32, &rep);
+        char *snap;
+        size_t len;
+        unsigned delivered;
+        bool at_crash[256];
+        Fair fr;
+
+        fair_init(&fr);
+        for (unsigned n = 0; n < 40; n++)
+                fair_append(&fr, ob, 0);
+        for (unsigned n = 0; n < 15; n++) {
+                fair_append(&fr, ob, 1);
+                fair_append(&fr, ob, 2);
+        }
+        fair_start(&fr);
+        settle(f);
+        /* Some of B's and C's delivered, none of A's. */
+        for (unsigned n = 0; n < 5; n++) {
+                assert_true(fair_deliver(&fr, ob, 1));
+                assert_true(fair_deliver(&fr, ob, 2));
+                settle(f);
+        }
+        fair_check(&fr, ob, 32, 0);
+        /* Everything is written and synced: this is what a SIGKILL leaves. */
+        snap = read_file(f->path, &len);
+        memcpy(at_crash, fr.delivered, sizeof(at_crash));
+        outbox_stats(ob, &st);
+        assert_int_equal(st.pending, 60);
+        /* The daemon goes on for a while, then is killed. */
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 1, 0), 10);
+        close_outbox(f, ob);
+        write_file(f->path, snap, len);
+        free(snap);
+        /* What was delivered after the copy is not in it: sent again. */
+        memcpy(fr.delivered, at_crash, sizeof(at_crash));
+        delivered = 0;
+        for (unsigned n = 0; n < fr.count; n++)
+                delivered += fr.delivered[n];
+        assert_int_equal(delivered, 10);
+        fair_start(&fr);
+
+        ob = open_outbox(f, 32, &rep);
+        assert_int_equal(rep.pending, 60);
+        outbox_stats(ob, &st);
+        assert_int_equal(st.window + st.disk_only, 60);
+        fair_check(&fr, ob, 32, 0);
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 1 | 1u << 2, 0), 20);
+        assert_int_equal(fair_drain(f, &fr, ob, 32, 1u << 0, 0), 40);
+        close_outbox(f, ob);
+        for (unsigned n = 0; n < fr.count; n++)
+                assert_true(fr.delivered[n]);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
@@ -517,6 +845,9 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_window_refill, setup, teardown),
             cmocka_unit_test_setup_teardown(test_restart_resumes_with_events_on_disk_only, setup, teardown),
             cmocka_unit_test_setup_teardown(test_write_failure_is_retried, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_fair_one_session_failing, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_fair_rewrite_keeps_pending_in_order, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_fair_reload_after_crash, setup, teardown),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

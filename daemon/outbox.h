@@ -21,9 +21,14 @@
  * only the pending events.
  *
  * Memory stays bounded however long a receiver is down: only a window of
- * the oldest pending events (by count and bytes) is held in memory; newer
- * ones are only in the file and are read back in order, in the threadpool,
- * as the window drains.
+ * pending events (by count and bytes) is held in memory; the others are
+ * only in the file and are read back in seq order, in the threadpool, as the
+ * window drains. The window is shared across sessions: read-back and loading
+ * take an event only while its session holds fewer than window/16 (at least
+ * one) in memory, so one session whose events keep failing cannot hold the
+ * others on disk. For each session the window holds its oldest pending
+ * events, and the window itself is in seq order, so the first event of a
+ * session in it is the session's oldest.
  *
  * On the loop thread the module only formats records into memory; writes,
  * fdatasync (batched, at most every sync interval), read-back and

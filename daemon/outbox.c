@@ -1092,9 +1092,11 @@ static void apply_compact(Outbox *o, Job *j)
         /* The events delivered before the rewrite started are not in the new
          * file; those delivered since are (with their D records to come). */
         assert(j->n_delivered <= o->n_delivered);
-        memmove(o->delivered, o->delivered + j->n_delivered,
-                (o->n_delivered - j->n_delivered) * sizeof(uint64_t));
-        o->n_delivered -= j->n_delivered;
+        if (j->n_delivered > 0) {
+                memmove(o->delivered, o->delivered + j->n_delivered,
+                        (o->n_delivered - j->n_delivered) * sizeof(uint64_t));
+                o->n_delivered -= j->n_delivered;
+        }
         j->buf.len = 0;
 }
 

@@ -595,9 +595,13 @@ class WebhookTest(unittest.TestCase):
         first = self.make_daemon(sim, ids, {"down": self.webhook(rx_down.url), "up": self.webhook(rx_up.url)})
         first.start()
         event = first.wait_for_event(timeout=20)
-        self.wait_delivered(rx_up, [event["id"]])
-        self.stop(first)
         down, up = (os.path.join(self.tmp.state, f"outbox-{n}") for n in ("down", "up"))
+        self.wait_delivered(rx_up, [event["id"]])
+        # The receiver has it before the daemon has its answer: wait until
+        # the daemon has marked it delivered in its outbox.
+        swtest.wait_until(lambda: outbox_pending(up) == [], timeout=10,
+                          message=lambda: f"still pending in 'up': {outbox_pending(up)}")
+        self.stop(first)
         self.assertEqual(outbox_pending(down), [event["id"]])
 
         # Neither is configured now: the one with an event is an orphaned

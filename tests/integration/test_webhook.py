@@ -599,8 +599,12 @@ class WebhookTest(unittest.TestCase):
         self.wait_delivered(rx_up, [event["id"]])
         # The receiver has it before the daemon has its answer: wait until
         # the daemon has marked it delivered in its outbox.
-        swtest.wait_until(lambda: outbox_pending(up) == [], timeout=10,
-                          message=lambda: f"still pending in 'up': {outbox_pending(up)}")
+        def marked_delivered():
+            with open(up, "rb") as f:
+                written = event["id"].encode() in f.read()
+            return written and outbox_pending(up) == []
+        swtest.wait_until(marked_delivered, timeout=10, ignore=(FileNotFoundError,),
+                          message=lambda: f"not marked delivered in 'up': {outbox_pending(up)}")
         self.stop(first)
         self.assertEqual(outbox_pending(down), [event["id"]])
 

@@ -34,9 +34,17 @@ typedef struct ApiOptions {
         const char *env_slug; /* optional */
 } ApiOptions;
 
+/* The header lines (with the key) that requests borrow. A reload builds a
+ * new set; a request started before keeps the one it started with, so each
+ * set is counted and freed when the last request using it is done. */
+typedef struct ApiHeaders {
+        unsigned refs; /* one per request in flight, plus one while current */
+        struct curl_slist *list;
+} ApiHeaders;
+
 typedef struct Api {
         HttpMux *mux;
-        struct curl_slist *headers;
+        ApiHeaders *headers;
         char *get_prefix; /* "{url}/sessions/get?id=" */
         size_t get_prefix_len;
         char *list_prefix; /* "{url}/sessions/list?" */
@@ -44,6 +52,11 @@ typedef struct Api {
 
 int api_init(Api *a, HttpMux *mux, const ApiOptions *o);
 void api_done(Api *a);
+
+/* Applies new options (key, URL, team, env) to requests started from now on;
+ * requests in flight finish with what they started with. On failure nothing
+ * changes. */
+int api_reconfigure(Api *a, const ApiOptions *o);
 
 /* Percent-encodes everything but RFC 3986 unreserved characters. Returns
  * the length written, or -ENOBUFS when `n` is too small. */

@@ -621,6 +621,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         ApiOutcome o = api_classify(resp);
         /* The wall clock when the request went out, for stale_answer(). */
         int64_t sent_us = realtime_usec() - (int64_t)(now_usec() - slot->start_usec);
+        bool stale_key;
 
         if (o != API_CANCELLED)
                 daemon_metrics_observe_poll(d, slot->start_usec, resp->done_usec);
@@ -635,6 +636,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 return;
         }
         rec = sessions_get(d->table, i);
+        stale_key = slot->key_generation != d->key_generation;
         slot_release(d, slot);
         scheduler_complete(&d->sched);
         rec->flags &= ~SESSION_IN_FLIGHT;
@@ -651,7 +653,13 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 handle_not_found(d, i, resp);
                 break;
         case API_AUTH:
-                handle_auth(d, i, resp->status);
+                /* Sent with a key a reload has replaced since: ask again
+                 * with the new one instead of holding everything. */
+                if (stale_key) {
+                        if (!d->stopping)
+                                schedule_after(d, i, 0);
+                } else
+                        handle_auth(d, i, resp->status);
                 break;
         case API_RATE_LIMITED:
                 handle_rate_limited(d, i, resp->retry_after_ms);
@@ -723,6 +731,7 @@ static void dispatch(Daemon *d)
                 slot->daemon = d;
                 slot->session = i;
                 slot->start_usec = now_usec();
+                slot->key_generation = d->key_generation;
                 slot->purpose = (rec->coverage & SESSION_COV_SUSPECT) ? PURPOSE_CONFIRM
                                 : heap == SCHEDULER_AUDIT              ? PURPOSE_AUDIT
                                                                        : PURPOSE_POLL;
@@ -1634,16 +1643,9 @@ static void restart_note(ReloadReport *rep, bool changed, const char *what)
 /* Lists the settings a reload cannot apply (they need a restart) that differ. */
 static void reload_restart_only(const Config *old, const Config *c, ReloadReport *rep)
 {
-        restart_note(rep,
-                     !streq_null(old->api.url, c->api.url) || !streq_null(old->api.team_id, c->api.team_id) ||
-                         !streq_null(old->api.env_slug, c->api.env_slug) ||
-                         !streq_null(old->api.ca_file, c->api.ca_file) ||
-                         !streq_null(old->api.key_file, c->api.key_file) ||
-                         !streq_null(old->api.api_key, c->api.api_key) ||
-                         old->api.timeout_ms != c->api.timeout_ms ||
-                         old->api.max_connections != c->api.max_connections ||
-                         old->api.max_body != c->api.max_body,
-                     "[api]");
+        restart_note(rep, !streq_null(old->api.ca_file, c->api.ca_file), "[api] ca-file");
+        restart_note(rep, old->api.max_connections != c->api.max_connections, "[api] max-connections");
+        restart_note(rep, old->api.max_body != c->api.max_body, "[api] max-body");
         restart_note(rep, !streq_null(old->api.app_url, c->api.app_url), "[api] app-url");
         restart_note(rep, old->poll.max_sessions != c->poll.max_sessions, "[poll] max-sessions");
         restart_note(rep, old->poll.mode != c->poll.mode, "[poll] mode");
@@ -1671,6 +1673,62 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
                      "[control]");
         restart_note(rep, !streq_null(old->metrics.listen, c->metrics.listen), "[metrics]");
         restart_note(rep, !streq_null(old->state.path, c->state.path), "[state]");
+}
+
+static void swap_str(char **a, char **b)
+{
+        char *t = *a;
+
+        *a = *b;
+        *b = t;
+}
+
+/* Applies [api] url, key-file (read again by the load, even under the same
+ * name: that is how a key is rotated), team-id, env-slug and timeout to the
+ * requests started from now on; those in flight finish with what they
+ * started with. The old strings go with `c`, which wipes the old key. */
+static int reload_api(Daemon *d, Config *c)
+{
+        ConfigApi *old = &d->config->api;
+        bool key_changed = !streq_null(old->api_key, c->api.api_key);
+        ApiOptions ao = {
+            .url = c->api.url,
+            .key = c->api.api_key,
+            .team_id = c->api.team_id,
+            .env_slug = c->api.env_slug,
+        };
+        int r;
+
+        if (old->timeout_ms != c->api.timeout_ms) {
+                httpmux_set_timeout(d->mux, (long)c->api.timeout_ms);
+                old->timeout_ms = c->api.timeout_ms;
+        }
+        if (!key_changed && streq_null(old->url, c->api.url) && streq_null(old->team_id, c->api.team_id) &&
+            streq_null(old->env_slug, c->api.env_slug)) {
+                swap_str(&old->key_file, &c->api.key_file);
+                return 0;
+        }
+        r = api_reconfigure(&d->api, &ao);
+        if (r < 0)
+                return r;
+        if (!streq_null(old->url, c->api.url))
+                log_info("Requests go to '%s' from now on.", c->api.url);
+        swap_str(&old->url, &c->api.url);
+        swap_str(&old->key_file, &c->api.key_file);
+        swap_str(&old->api_key, &c->api.api_key);
+        swap_str(&old->team_id, &c->api.team_id);
+        swap_str(&old->env_slug, &c->api.env_slug);
+        if (key_changed) {
+                d->key_generation++;
+                log_info("Using the API key from '%s' for requests started from now on.", old->key_file);
+                /* A hold-off for a rejected key is over: the new one may well
+                 * be accepted, and the next poll tells. */
+                if (d->auth_level > 0) {
+                        d->sched.paused_until_ms = uv_now(&d->loop);
+                        d->auth_level = 0;
+                }
+        }
+        return 0;
 }
 
 /* Removes sinks[k] from the array (keeping the order of the others) and
@@ -1913,10 +1971,13 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         r = reload_journal(d, c);
         if (r >= 0)
                 r = reload_webhooks(d, c, ret);
+        if (r >= 0)
+                r = reload_api(d, c);
         /* Webhooks that went release what they held. */
         persist_release(d, false);
         if (r < 0) {
-                snprintf(errbuf, errlen, "%s: the reload was applied only in part (%s): sessions and sinks "
+                snprintf(errbuf, errlen,
+                         "%s: the reload was applied only in part (%s): sessions and sinks "
                          "changed so far stay changed; the rest of the running configuration is kept",
                          c->path, strerror(-r));
                 goto out;

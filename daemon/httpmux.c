@@ -1019,6 +1019,11 @@ static void mux_free(HttpMux *m)
         global_unref();
 }
 
+void httpmux_set_timeout(HttpMux *m, long timeout_ms)
+{
+        m->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
+}
+
 int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret)
 {
         static const HttpMuxOptions defaults = {};

@@ -271,3 +271,9 @@ int daemon_setup_metrics(Daemon *d);
 
 /* Stops the endpoint (from finish()); its handles close on the loop. */
 void daemon_close_metrics(Daemon *d);
+
+/* Moves the endpoint to the [metrics] listen of `c` (a reload) when it
+ * differs: the new address is bound before the old one is let go, and when
+ * it cannot be, the error names it and the old endpoint stays. The running
+ * config takes the new address only once it serves. */
+void daemon_reload_metrics(Daemon *d, Config *c);

@@ -1671,7 +1671,6 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
                      !streq_null(old->control.path, c->control.path) ||
                          old->control.mode != c->control.mode || !streq_null(old->control.group, c->control.group),
                      "[control]");
-        restart_note(rep, !streq_null(old->metrics.listen, c->metrics.listen), "[metrics]");
         restart_note(rep, !streq_null(old->state.path, c->state.path), "[state]");
 }
 
@@ -1973,6 +1972,8 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
                 r = reload_webhooks(d, c, ret);
         if (r >= 0)
                 r = reload_api(d, c);
+        if (r >= 0)
+                daemon_reload_metrics(d, c);
         /* Webhooks that went release what they held. */
         persist_release(d, false);
         if (r < 0) {

@@ -11,6 +11,7 @@ key nor a secret appears in the daemon's output.
 """
 
 import os
+import socket
 import unittest
 import uuid
 
@@ -178,6 +179,38 @@ class ReloadTest(unittest.TestCase):
         daemon.wait_for_stderr(lambda line: "Changes to [api] max-connections take effect at the next restart."
                                in line)
         self.wait_polled(sim, "ses_r1")
+        daemon.stop()
+
+    def test_a_new_metrics_address_moves_the_listener(self):
+        sim = self.start_sim()
+        first, second = swtest.free_port(), swtest.free_port()
+        daemon = self.start_daemon(self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{first}"}}))
+        self.assertEqual(swtest.http_get(f"http://127.0.0.1:{first}/metrics").status, 200)
+
+        self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{second}"}}))
+        self.assertIsNone(self.reload(daemon)["restartNeeded"])
+        daemon.wait_for_stderr(lambda line: f"Serving metrics on 127.0.0.1:{second}" in line)
+        self.assertEqual(swtest.http_get(f"http://127.0.0.1:{second}/metrics").status, 200)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", first), timeout=5).close()
+
+        # An address taken by someone else: the error names it, the
+        # listener stays where it was.
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{busy}"}}))
+            self.reload(daemon)
+            daemon.wait_for_stderr(lambda line: f"Failed to listen for metrics on 127.0.0.1:{busy}" in line
+                                   and f"still serving them on 127.0.0.1:{second}" in line)
+        self.assertEqual(swtest.http_get(f"http://127.0.0.1:{second}/metrics").status, 200)
+
+        self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": ""}}))
+        self.reload(daemon)
+        daemon.wait_for_stderr(lambda line: f"No longer serving metrics (on 127.0.0.1:{second})" in line)
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", second), timeout=5).close()
         daemon.stop()
 
     def test_a_new_webhook_secret_signs_the_next_delivery(self):

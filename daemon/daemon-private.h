@@ -119,6 +119,8 @@ struct Daemon {
         size_t n_held_wm, cap_held_wm;
         size_t state_dropped; /* loaded sessions no longer watched */
 
+        /* One per poll in flight, for the most [api] max-connections allows,
+         * so a reload can raise it: requests in flight point into the array. */
         PollSlot *slots;
         uint32_t free_slot;
 

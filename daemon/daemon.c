@@ -1280,11 +1280,11 @@ static int setup_http(Daemon *d)
         if (r < 0)
                 return r;
 
-        d->slots = calloc(c->api.max_connections, sizeof(PollSlot));
+        d->slots = calloc(CONFIG_MAX_CONNECTIONS_MAX, sizeof(PollSlot));
         if (!d->slots)
                 return -ENOMEM;
         d->free_slot = UINT32_MAX;
-        for (uint32_t k = c->api.max_connections; k-- > 0;) {
+        for (uint32_t k = CONFIG_MAX_CONNECTIONS_MAX; k-- > 0;) {
                 d->slots[k].next_free = d->free_slot;
                 d->free_slot = k;
         }
@@ -1605,7 +1605,7 @@ static void unwatch_session(Daemon *d, SessionIndex i)
         Session *rec = sessions_get(d->table, i);
 
         if (rec->flags & SESSION_IN_FLIGHT)
-                for (unsigned k = 0; k < d->config->api.max_connections; k++)
+                for (unsigned k = 0; k < CONFIG_MAX_CONNECTIONS_MAX; k++)
                         if (d->slots[k].busy && d->slots[k].session == i)
                                 d->slots[k].cancelled = true;
         if (d->state) {
@@ -1644,7 +1644,6 @@ static void restart_note(ReloadReport *rep, bool changed, const char *what)
 static void reload_restart_only(const Config *old, const Config *c, ReloadReport *rep)
 {
         restart_note(rep, !streq_null(old->api.ca_file, c->api.ca_file), "[api] ca-file");
-        restart_note(rep, old->api.max_connections != c->api.max_connections, "[api] max-connections");
         restart_note(rep, old->api.max_body != c->api.max_body, "[api] max-body");
         restart_note(rep, !streq_null(old->api.app_url, c->api.app_url), "[api] app-url");
         restart_note(rep, old->poll.max_sessions != c->poll.max_sessions, "[poll] max-sessions");
@@ -1683,9 +1682,10 @@ static void swap_str(char **a, char **b)
 }
 
 /* Applies [api] url, key-file (read again by the load, even under the same
- * name: that is how a key is rotated), team-id, env-slug and timeout to the
- * requests started from now on; those in flight finish with what they
- * started with. The old strings go with `c`, which wipes the old key. */
+ * name: that is how a key is rotated), team-id, env-slug, timeout and
+ * max-connections to the requests started from now on; those in flight
+ * finish with what they started with. The old strings go with `c`, which
+ * wipes the old key. */
 static int reload_api(Daemon *d, Config *c)
 {
         ConfigApi *old = &d->config->api;
@@ -1698,6 +1698,12 @@ static int reload_api(Daemon *d, Config *c)
         };
         int r;
 
+        if (old->max_connections != c->api.max_connections) {
+                r = httpmux_set_max_connections(d->mux, (long)c->api.max_connections);
+                if (r < 0)
+                        return r;
+                old->max_connections = c->api.max_connections;
+        }
         if (old->timeout_ms != c->api.timeout_ms) {
                 httpmux_set_timeout(d->mux, (long)c->api.timeout_ms);
                 old->timeout_ms = c->api.timeout_ms;
@@ -2009,6 +2015,7 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         so.jitter_percent = c->poll.jitter_percent;
         so.backoff_max_ms = c->poll.backoff_max_ms;
         so.rate_per_sec = c->api.rate_per_sec;
+        so.max_in_flight = d->config->api.max_connections;
         {
                 uint64_t old_interval = d->sched.opt.interval_ms, old_waiting = d->sched.opt.waiting_interval_ms;
 

@@ -173,12 +173,31 @@ class ReloadTest(unittest.TestCase):
         sim = self.start_sim()
         daemon = self.start_daemon(self.config(sim.url))
         self.wait_polled(sim, "ses_r1")
-        self.rewrite(daemon, self.config(sim.url, extra={"api": {"max-connections": "3", "timeout": "7s"}}))
+        self.rewrite(daemon, self.config(sim.url, extra={"api": {"max-body": "2M", "timeout": "7s"}}))
         reply = self.reload(daemon)
-        self.assertEqual(reply["restartNeeded"], "[api] max-connections")
-        daemon.wait_for_stderr(lambda line: "Changes to [api] max-connections take effect at the next restart."
-                               in line)
+        self.assertEqual(reply["restartNeeded"], "[api] max-body")
+        daemon.wait_for_stderr(lambda line: "Changes to [api] max-body take effect at the next restart." in line)
         self.wait_polled(sim, "ses_r1")
+        daemon.stop()
+
+    def test_max_connections_changes_how_many_polls_are_in_flight(self):
+        ids = [f"ses_c{k}" for k in range(8)]
+        sim = self.start_sim(ids=ids)
+        # Every answer takes long enough for the polls to pile up.
+        sim.fault("delay", endpoint="get", delay_ms=800, probability=1)
+        config = self.config(sim.url, extra={"api": {"max-connections": "2"}})
+        config["watch"]["session"] = ids
+        daemon = self.start_daemon(config)
+        swtest.wait_until(lambda: daemon.ctl_json("status")["inFlight"] == 2, timeout=10)
+
+        config["api"]["max-connections"] = "6"
+        self.rewrite(daemon, config)
+        self.assertIsNone(self.reload(daemon)["restartNeeded"])
+        seen = []
+        swtest.wait_until(lambda: seen.append(daemon.ctl_json("status")["inFlight"]) or seen[-1] == 6,
+                          timeout=10, message=f"in flight: {seen[-5:]}")
+        self.assertLessEqual(max(seen), 6)
+        sim.clear_faults()
         daemon.stop()
 
     def test_a_new_metrics_address_moves_the_listener(self):

@@ -86,6 +86,12 @@ class ReloadTest(unittest.TestCase):
         self.assertTrue(reply["ok"], reply)
         return reply
 
+    def stop(self, daemon):
+        returncode = daemon.stop()
+        swtest.assert_exit(returncode, 0, daemon)
+        self.assertNotIn("Sanitizer", daemon.stderr_text())
+        self.assertNotIn("runtime error", daemon.stderr_text())
+
     def secret_file(self, secret):
         path = os.path.join(self.tmp.conf, f"hook-{uuid.uuid4().hex[:6]}.secret")
         with open(path, "w") as f:
@@ -127,7 +133,7 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(unauthorized(sim), refused, "401s after the reload")
         self.assertEqual(daemon.ctl_json("status")["polls"]["auth"], refused)
         self.assertTrue(daemon.running)
-        daemon.stop()
+        self.stop(daemon)
 
     def test_a_rejected_key_hold_ends_with_the_reload_that_brings_a_new_one(self):
         sim = self.start_sim()
@@ -145,7 +151,7 @@ class ReloadTest(unittest.TestCase):
         for sid in IDS[:3]:  # a Failed session is not polled any more
             self.wait_polled(sim, sid)
         self.assertLessEqual(unauthorized(sim) - refused, len(IDS))
-        daemon.stop()
+        self.stop(daemon)
 
     def test_a_new_url_sends_the_polls_to_the_other_api(self):
         first = self.start_sim()
@@ -167,7 +173,7 @@ class ReloadTest(unittest.TestCase):
         # The first API saw at most the polls already in flight at the reload.
         for sid in IDS:
             self.assertLessEqual(polls(first, sid) - after[sid], 1, sid)
-        daemon.stop()
+        self.stop(daemon)
 
     def test_what_a_reload_cannot_apply_is_named(self):
         sim = self.start_sim()
@@ -178,7 +184,7 @@ class ReloadTest(unittest.TestCase):
         self.assertEqual(reply["restartNeeded"], "[api] max-body")
         daemon.wait_for_stderr(lambda line: "Changes to [api] max-body take effect at the next restart." in line)
         self.wait_polled(sim, "ses_r1")
-        daemon.stop()
+        self.stop(daemon)
 
     def test_max_connections_changes_how_many_polls_are_in_flight(self):
         ids = [f"ses_c{k}" for k in range(8)]
@@ -198,7 +204,7 @@ class ReloadTest(unittest.TestCase):
                           timeout=10, message=f"in flight: {seen[-5:]}")
         self.assertLessEqual(max(seen), 6)
         sim.clear_faults()
-        daemon.stop()
+        self.stop(daemon)
 
     def test_a_new_metrics_address_moves_the_listener(self):
         sim = self.start_sim()
@@ -230,7 +236,7 @@ class ReloadTest(unittest.TestCase):
         daemon.wait_for_stderr(lambda line: f"No longer serving metrics (on 127.0.0.1:{second})" in line)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", second), timeout=5).close()
-        daemon.stop()
+        self.stop(daemon)
 
     def test_a_new_webhook_secret_signs_the_next_delivery(self):
         sim = self.start_sim()
@@ -250,7 +256,7 @@ class ReloadTest(unittest.TestCase):
         swtest.wait_until(lambda: any(r.json and r.json.get("subject") == "ses_r2" for r in receiver.delivered()),
                           timeout=15, message="the Failed event was not delivered")
         self.assertEqual(receiver.bad_signatures(), [])
-        daemon.stop()
+        self.stop(daemon)
 
 
 if __name__ == "__main__":

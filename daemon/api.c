@@ -122,6 +122,7 @@ void api_done(Api *a)
 
 /* One request in flight: the headers it borrows and whom to tell. */
 typedef struct ApiCall {
+        Api *api;
         ApiHeaders *headers;
         httpmux_done_cb done;
         void *userdata;
@@ -133,7 +134,11 @@ static void call_done_cb(void *userdata, const HttpResponse *r)
 {
         ApiCall *c = userdata;
 
+        /* httpmux answers one request at a time, never from inside another
+         * request's callback, so one flag serves api_answer_stale(). */
+        c->api->answer_stale = c->headers != c->api->headers;
         c->done(c->userdata, r);
+        c->api->answer_stale = false;
         headers_unref(c->headers);
         free(c);
 }
@@ -145,7 +150,7 @@ static int api_submit(Api *a, const char *url, httpmux_done_cb done, void *userd
 
         if (!c)
                 return -ENOMEM;
-        *c = (ApiCall){.headers = a->headers, .done = done, .userdata = userdata};
+        *c = (ApiCall){.api = a, .headers = a->headers, .done = done, .userdata = userdata};
         r = httpmux_get(a->mux, url, a->headers->list, call_done_cb, c);
         if (r < 0) {
                 free(c);
@@ -205,6 +210,11 @@ int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *use
         r = api_submit(a, url, done, userdata);
         free(url);
         return r;
+}
+
+bool api_answer_stale(const Api *a)
+{
+        return a->answer_stale;
 }
 
 ApiOutcome api_classify(const HttpResponse *r)

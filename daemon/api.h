@@ -6,6 +6,7 @@
  * the header list handed to libcurl. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "httpmux.h"
@@ -48,6 +49,7 @@ typedef struct Api {
         char *get_prefix; /* "{url}/sessions/get?id=" */
         size_t get_prefix_len;
         char *list_prefix; /* "{url}/sessions/list?" */
+        bool answer_stale; /* see api_answer_stale() */
 } Api;
 
 int api_init(Api *a, HttpMux *mux, const ApiOptions *o);
@@ -67,6 +69,12 @@ int api_get_session(Api *a, const char *id, httpmux_done_cb done, void *userdata
 
 /* GET /sessions/list with the given query (already escaped). */
 int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *userdata);
+
+/* Only from inside a done callback of api_get_session() or
+ * api_list_sessions(): true when the request went out with a key (or URL,
+ * team, env) that api_reconfigure() has replaced since, so a 401 says
+ * nothing about the key in use now. */
+bool api_answer_stale(const Api *a);
 
 ApiOutcome api_classify(const HttpResponse *r);
 const char *api_outcome_to_string(ApiOutcome o);

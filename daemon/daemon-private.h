@@ -69,9 +69,6 @@ typedef struct PollSlot {
         bool busy;      /* taken by a poll in flight */
         bool cancelled; /* its session was unwatched meanwhile: the answer is dropped */
         uint8_t purpose; /* RequestPurpose */
-        /* Daemon.key_generation when the request started: a 401 to a key
-         * a reload has replaced since says nothing about the new one. */
-        uint32_t key_generation;
         /* CLOCK_MONOTONIC when the request was started (poll duration). */
         uint64_t start_usec;
 } PollSlot;
@@ -148,8 +145,6 @@ struct Daemon {
         bool stopping;
         bool finishing;
         unsigned auth_level; /* consecutive auth hold-offs */
-        /* Bumped by each reload that changes the API key. */
-        uint32_t key_generation;
         LogRateLimit poll_errors_rl;
         LogRateLimit decode_rl;
         LogRateLimit rate_limit_rl;

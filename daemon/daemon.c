@@ -636,7 +636,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 return;
         }
         rec = sessions_get(d->table, i);
-        stale_key = slot->key_generation != d->key_generation;
+        stale_key = api_answer_stale(&d->api);
         slot_release(d, slot);
         scheduler_complete(&d->sched);
         rec->flags &= ~SESSION_IN_FLIGHT;
@@ -731,7 +731,6 @@ static void dispatch(Daemon *d)
                 slot->daemon = d;
                 slot->session = i;
                 slot->start_usec = now_usec();
-                slot->key_generation = d->key_generation;
                 slot->purpose = (rec->coverage & SESSION_COV_SUSPECT) ? PURPOSE_CONFIRM
                                 : heap == SCHEDULER_AUDIT              ? PURPOSE_AUDIT
                                                                        : PURPOSE_POLL;
@@ -1724,7 +1723,6 @@ static int reload_api(Daemon *d, Config *c)
         swap_str(&old->team_id, &c->api.team_id);
         swap_str(&old->env_slug, &c->api.env_slug);
         if (key_changed) {
-                d->key_generation++;
                 log_info("Using the API key from '%s' for requests started from now on.", old->key_file);
                 /* A hold-off for a rejected key is over: the new one may well
                  * be accepted, and the next poll tells. */

@@ -5,9 +5,14 @@ URL or a webhook secret file, reload, and check what the daemon does next:
 after apisim switches keys (the old one is refused with 401 from then on)
 and the key file is rewritten, polling goes on with the new key with no
 more 401s than the few requests already on their way, and a status change
-made around the switch is announced; a new [api] url sends the polls to a
-second apisim; a new webhook secret signs the next delivery. Neither the
-key nor a secret appears in the daemon's output.
+made around the switch is announced; a list request sent with the old key
+and refused after the reload holds nothing; a hold-off for a rejected key
+ends with the reload; a new [api] url sends the polls to a second apisim;
+a new max-connections changes how many polls are in flight; a new
+[metrics] listen moves the endpoint (and an address that cannot be bound
+leaves it where it was); what still needs a restart is named; a new
+webhook secret signs the next delivery. Neither the key nor a secret
+appears in the daemon's output.
 """
 
 import os
@@ -151,6 +156,30 @@ class ReloadTest(unittest.TestCase):
         for sid in IDS[:3]:  # a Failed session is not polled any more
             self.wait_polled(sim, sid)
         self.assertLessEqual(unauthorized(sim) - refused, len(IDS))
+        self.stop(daemon)
+
+    def test_a_401_to_a_list_sent_with_the_old_key_holds_nothing(self):
+        sim = self.start_sim()
+        config = self.config(sim.url, extra={"poll": {"mode": "list"},
+                                             "watch": {"runbook": "rbk_test", "discover-interval": "100ms"}})
+        config["watch"]["session"] = []
+        daemon = self.start_daemon(config)
+        swtest.wait_until(lambda: sim.counters(times=False)["requests"]["list"] >= 3, timeout=10)
+
+        # The next list request is held by the API for a second: it goes
+        # out with the old key and is answered after the reload, with 401.
+        sim.fault("delay", endpoint="list", delay_ms=1000, count=1)
+        swtest.wait_until(lambda: sim.counters(times=False)["faults"].get("delay", 0) == 1, timeout=10)
+        sim.admin("POST", "/_sim/config", {"apiKey": NEW_KEY})
+        with open(daemon.key_file, "w") as f:
+            f.write(NEW_KEY + "\n")
+        self.reload(daemon)
+        swtest.wait_until(lambda: unauthorized(sim) >= 1, timeout=10, message="no 401 to the held list")
+
+        # Without a hold of every request (30 s), the change shows at once.
+        sim.set_status("ses_r2", "Failed")
+        self.wait_status(daemon, "ses_r2", "Failed")
+        self.assertNotIn("holding all requests", daemon.stderr_text().split("Using the API key from")[-1])
         self.stop(daemon)
 
     def test_a_new_url_sends_the_polls_to_the_other_api(self):

@@ -44,45 +44,120 @@ static int header_add(struct curl_slist **l, const char *name, const char *value
         return 0;
 }
 
-int api_init(Api *a, HttpMux *mux, const ApiOptions *o)
+static void headers_unref(ApiHeaders *h)
 {
+        if (!h || --h->refs > 0)
+                return;
+        /* libcurl's copies of the header lines hold the key; clear them
+         * before the memory goes back to the allocator. */
+        for (struct curl_slist *l = h->list; l; l = l->next)
+                explicit_bzero(l->data, strlen(l->data));
+        curl_slist_free_all(h->list);
+        free(h);
+}
+
+static int headers_new(const ApiOptions *o, ApiHeaders **ret)
+{
+        ApiHeaders *h = calloc(1, sizeof(*h));
         int r;
 
-        *a = (Api){.mux = mux};
-        if ((r = header_add(&a->headers, "X-Airplane-API-Key", o->key)) < 0 ||
-            (r = header_add(&a->headers, "Accept", "application/json")) < 0)
-                goto fail;
-        if (o->team_id && *o->team_id && (r = header_add(&a->headers, "X-Team-ID", o->team_id)) < 0)
-                goto fail;
-        if (o->env_slug && *o->env_slug &&
-            (r = header_add(&a->headers, "X-Airplane-Env-Slug", o->env_slug)) < 0)
-                goto fail;
-        r = -ENOMEM;
-        if (asprintf(&a->get_prefix, "%s/sessions/get?id=", o->url) < 0) {
-                a->get_prefix = NULL;
-                goto fail;
+        if (!h)
+                return -ENOMEM;
+        h->refs = 1;
+        if ((r = header_add(&h->list, "X-Airplane-API-Key", o->key)) < 0 ||
+            (r = header_add(&h->list, "Accept", "application/json")) < 0 ||
+            (o->team_id && *o->team_id && (r = header_add(&h->list, "X-Team-ID", o->team_id)) < 0) ||
+            (o->env_slug && *o->env_slug &&
+             (r = header_add(&h->list, "X-Airplane-Env-Slug", o->env_slug)) < 0)) {
+                headers_unref(h);
+                return r;
         }
-        if (asprintf(&a->list_prefix, "%s/sessions/list?", o->url) < 0) {
-                a->list_prefix = NULL;
-                goto fail;
-        }
-        a->get_prefix_len = strlen(a->get_prefix);
+        *ret = h;
         return 0;
-fail:
-        api_done(a);
-        return r;
+}
+
+int api_init(Api *a, HttpMux *mux, const ApiOptions *o)
+{
+        *a = (Api){.mux = mux};
+        return api_reconfigure(a, o);
+}
+
+int api_reconfigure(Api *a, const ApiOptions *o)
+{
+        ApiHeaders *h = NULL;
+        char *get_prefix = NULL, *list_prefix = NULL;
+        int r;
+
+        r = headers_new(o, &h);
+        if (r < 0)
+                return r;
+        /* asprintf() leaves its pointer undefined on failure. */
+        if (asprintf(&get_prefix, "%s/sessions/get?id=", o->url) < 0) {
+                headers_unref(h);
+                return -ENOMEM;
+        }
+        if (asprintf(&list_prefix, "%s/sessions/list?", o->url) < 0) {
+                free(get_prefix);
+                headers_unref(h);
+                return -ENOMEM;
+        }
+        headers_unref(a->headers);
+        free(a->get_prefix);
+        free(a->list_prefix);
+        a->headers = h;
+        a->get_prefix = get_prefix;
+        a->get_prefix_len = strlen(get_prefix);
+        a->list_prefix = list_prefix;
+        return 0;
 }
 
 void api_done(Api *a)
 {
-        /* libcurl's copies of the header lines hold the key; clear them
-         * before the memory goes back to the allocator. */
-        for (struct curl_slist *l = a->headers; l; l = l->next)
-                explicit_bzero(l->data, strlen(l->data));
-        curl_slist_free_all(a->headers);
+        /* Requests still in flight hold their own reference. */
+        headers_unref(a->headers);
         free(a->get_prefix);
         free(a->list_prefix);
         *a = (Api){};
+}
+
+/* One request in flight: the headers it borrows and whom to tell. */
+typedef struct ApiCall {
+        Api *api;
+        ApiHeaders *headers;
+        httpmux_done_cb done;
+        void *userdata;
+} ApiCall;
+
+/* httpmux's done callback, on the loop thread: passes the response on, then
+ * lets go of the headers the request used. */
+static void call_done_cb(void *userdata, const HttpResponse *r)
+{
+        ApiCall *c = userdata;
+
+        /* httpmux answers one request at a time, never from inside another
+         * request's callback, so one flag serves api_answer_stale(). */
+        c->api->answer_stale = c->headers != c->api->headers;
+        c->done(c->userdata, r);
+        c->api->answer_stale = false;
+        headers_unref(c->headers);
+        free(c);
+}
+
+static int api_submit(Api *a, const char *url, httpmux_done_cb done, void *userdata)
+{
+        ApiCall *c = malloc(sizeof(*c));
+        int r;
+
+        if (!c)
+                return -ENOMEM;
+        *c = (ApiCall){.api = a, .headers = a->headers, .done = done, .userdata = userdata};
+        r = httpmux_get(a->mux, url, a->headers->list, call_done_cb, c);
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+        a->headers->refs++;
+        return 0;
 }
 
 int api_escape(const char *s, char *buf, size_t n)
@@ -122,7 +197,7 @@ int api_get_session(Api *a, const char *id, httpmux_done_cb done, void *userdata
         r = api_escape(id, url + a->get_prefix_len, sizeof(url) - a->get_prefix_len);
         if (r < 0)
                 return r;
-        return httpmux_get(a->mux, url, a->headers, done, userdata);
+        return api_submit(a, url, done, userdata);
 }
 
 int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *userdata)
@@ -132,9 +207,14 @@ int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *use
 
         if (asprintf(&url, "%s%s", a->list_prefix, query) < 0)
                 return -ENOMEM;
-        r = httpmux_get(a->mux, url, a->headers, done, userdata);
+        r = api_submit(a, url, done, userdata);
         free(url);
         return r;
+}
+
+bool api_answer_stale(const Api *a)
+{
+        return a->answer_stale;
 }
 
 ApiOutcome api_classify(const HttpResponse *r)

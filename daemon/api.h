@@ -6,6 +6,7 @@
  * the header list handed to libcurl. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "httpmux.h"
@@ -34,16 +35,30 @@ typedef struct ApiOptions {
         const char *env_slug; /* optional */
 } ApiOptions;
 
+/* The header lines (with the key) that requests borrow. A reload builds a
+ * new set; a request started before keeps the one it started with, so each
+ * set is counted and freed when the last request using it is done. */
+typedef struct ApiHeaders {
+        unsigned refs; /* one per request in flight, plus one while current */
+        struct curl_slist *list;
+} ApiHeaders;
+
 typedef struct Api {
         HttpMux *mux;
-        struct curl_slist *headers;
+        ApiHeaders *headers;
         char *get_prefix; /* "{url}/sessions/get?id=" */
         size_t get_prefix_len;
         char *list_prefix; /* "{url}/sessions/list?" */
+        bool answer_stale; /* see api_answer_stale() */
 } Api;
 
 int api_init(Api *a, HttpMux *mux, const ApiOptions *o);
 void api_done(Api *a);
+
+/* Applies new options (key, URL, team, env) to requests started from now on;
+ * requests in flight finish with what they started with. On failure nothing
+ * changes. */
+int api_reconfigure(Api *a, const ApiOptions *o);
 
 /* Percent-encodes everything but RFC 3986 unreserved characters. Returns
  * the length written, or -ENOBUFS when `n` is too small. */
@@ -54,6 +69,12 @@ int api_get_session(Api *a, const char *id, httpmux_done_cb done, void *userdata
 
 /* GET /sessions/list with the given query (already escaped). */
 int api_list_sessions(Api *a, const char *query, httpmux_done_cb done, void *userdata);
+
+/* Only from inside a done callback of api_get_session() or
+ * api_list_sessions(): true when the request went out with a key (or URL,
+ * team, env) that api_reconfigure() has replaced since, so a 401 says
+ * nothing about the key in use now. */
+bool api_answer_stale(const Api *a);
 
 ApiOutcome api_classify(const HttpResponse *r);
 const char *api_outcome_to_string(ApiOutcome o);

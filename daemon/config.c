@@ -1271,7 +1271,7 @@ static const Key api_keys[] = {
     {"env-slug", parse_header_value, CFG(api.env_slug), NULL, 0, 0, 0},
     {"app-url", parse_url, CFG(api.app_url), CONFIG_DEFAULT_APP_URL, 0, 0, KEY_STRIP_SLASH},
     {"timeout", parse_duration_key, CFG(api.timeout_ms), "10s", 1, MS_HOUR, 0},
-    {"max-connections", parse_unsigned, CFG(api.max_connections), "16", 1, 1024, 0},
+    {"max-connections", parse_unsigned, CFG(api.max_connections), "16", 1, CONFIG_MAX_CONNECTIONS_MAX, 0},
     {"rate-limit", parse_rate, CFG(api.rate_per_sec), "50/s", 0, 0, 0},
     {"ca-file", parse_path, CFG(api.ca_file), NULL, 0, 0, 0},
     {"max-body", parse_size_key, CFG(api.max_body), "1M", 1024, (uint64_t)1 << 30, 0},

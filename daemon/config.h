@@ -68,6 +68,9 @@ typedef struct ConfigWebhook {
         unsigned max_in_flight;     /* concurrent deliveries; default 4 */
 } ConfigWebhook;
 
+/* The largest [api] max-connections. */
+#define CONFIG_MAX_CONNECTIONS_MAX 1024
+
 typedef struct ConfigApi {
         char *url;                /* without a trailing '/'; default CONFIG_DEFAULT_API_URL */
         char *key_file;           /* default $CREDENTIALS_DIRECTORY/api-key; always set after a load */
@@ -77,7 +80,7 @@ typedef struct ConfigApi {
         char *app_url;            /* without a trailing '/'; default CONFIG_DEFAULT_APP_URL */
         char *ca_file;            /* CA bundle for TLS, or NULL for the system's */
         uint64_t timeout_ms;      /* per request; default 10s */
-        unsigned max_connections; /* 1-1024; default 16 */
+        unsigned max_connections; /* 1-CONFIG_MAX_CONNECTIONS_MAX; default 16 */
         double rate_per_sec;      /* shared request budget; 0 = unlimited; default 50 */
         uint64_t max_body;        /* largest response body accepted, bytes; default 1M */
 } ConfigApi;

@@ -471,3 +471,41 @@ void daemon_close_metrics(Daemon *d)
         metrics_http_close(d->metrics_http, NULL, NULL);
         d->metrics_http = NULL;
 }
+
+static bool listen_equal(const char *a, const char *b)
+{
+        return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+void daemon_reload_metrics(Daemon *d, Config *c)
+{
+        ConfigMetrics *old = &d->config->metrics, t;
+        MetricsHttp *m = NULL;
+        int r;
+
+        if (listen_equal(old->listen, c->metrics.listen))
+                return;
+        if (c->metrics.listen) {
+                r = metrics_http_new(&d->loop, c->metrics.host, c->metrics.port, on_metrics_render, d, &m);
+                if (r < 0) {
+                        log_error_errno(r,
+                                        "Failed to listen for metrics on %s ([metrics] listen in '%s'): %m; "
+                                        "%s%s.",
+                                        c->metrics.listen, c->path,
+                                        old->listen ? "still serving them on " : "still not serving them",
+                                        old->listen ? old->listen : "");
+                        return;
+                }
+        }
+        daemon_close_metrics(d);
+        d->metrics_http = m;
+        if (m)
+                log_info("Serving metrics on %s (port %u), path /metrics.", c->metrics.listen,
+                         (unsigned)metrics_http_port(m));
+        else
+                log_info("No longer serving metrics (on %s).", old->listen);
+        /* The old strings go with `c`. */
+        t = *old;
+        *old = c->metrics;
+        c->metrics = t;
+}

@@ -116,6 +116,8 @@ struct Daemon {
         size_t n_held_wm, cap_held_wm;
         size_t state_dropped; /* loaded sessions no longer watched */
 
+        /* One per poll in flight, for the most [api] max-connections allows,
+         * so a reload can raise it: requests in flight point into the array. */
         PollSlot *slots;
         uint32_t free_slot;
 
@@ -266,3 +268,9 @@ int daemon_setup_metrics(Daemon *d);
 
 /* Stops the endpoint (from finish()); its handles close on the loop. */
 void daemon_close_metrics(Daemon *d);
+
+/* Moves the endpoint to the [metrics] listen of `c` (a reload) when it
+ * differs: the new address is bound before the old one is let go, and when
+ * it cannot be, the error names it and the old endpoint stays. The running
+ * config takes the new address only once it serves. */
+void daemon_reload_metrics(Daemon *d, Config *c);

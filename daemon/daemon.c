@@ -621,6 +621,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
         ApiOutcome o = api_classify(resp);
         /* The wall clock when the request went out, for stale_answer(). */
         int64_t sent_us = realtime_usec() - (int64_t)(now_usec() - slot->start_usec);
+        bool stale_key;
 
         if (o != API_CANCELLED)
                 daemon_metrics_observe_poll(d, slot->start_usec, resp->done_usec);
@@ -635,6 +636,7 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 return;
         }
         rec = sessions_get(d->table, i);
+        stale_key = api_answer_stale(&d->api);
         slot_release(d, slot);
         scheduler_complete(&d->sched);
         rec->flags &= ~SESSION_IN_FLIGHT;
@@ -651,7 +653,13 @@ static void on_poll_done(void *userdata, const HttpResponse *resp)
                 handle_not_found(d, i, resp);
                 break;
         case API_AUTH:
-                handle_auth(d, i, resp->status);
+                /* Sent with a key a reload has replaced since: ask again
+                 * with the new one instead of holding everything. */
+                if (stale_key) {
+                        if (!d->stopping)
+                                schedule_after(d, i, 0);
+                } else
+                        handle_auth(d, i, resp->status);
                 break;
         case API_RATE_LIMITED:
                 handle_rate_limited(d, i, resp->retry_after_ms);
@@ -1271,11 +1279,11 @@ static int setup_http(Daemon *d)
         if (r < 0)
                 return r;
 
-        d->slots = calloc(c->api.max_connections, sizeof(PollSlot));
+        d->slots = calloc(CONFIG_MAX_CONNECTIONS_MAX, sizeof(PollSlot));
         if (!d->slots)
                 return -ENOMEM;
         d->free_slot = UINT32_MAX;
-        for (uint32_t k = c->api.max_connections; k-- > 0;) {
+        for (uint32_t k = CONFIG_MAX_CONNECTIONS_MAX; k-- > 0;) {
                 d->slots[k].next_free = d->free_slot;
                 d->free_slot = k;
         }
@@ -1596,7 +1604,7 @@ static void unwatch_session(Daemon *d, SessionIndex i)
         Session *rec = sessions_get(d->table, i);
 
         if (rec->flags & SESSION_IN_FLIGHT)
-                for (unsigned k = 0; k < d->config->api.max_connections; k++)
+                for (unsigned k = 0; k < CONFIG_MAX_CONNECTIONS_MAX; k++)
                         if (d->slots[k].busy && d->slots[k].session == i)
                                 d->slots[k].cancelled = true;
         if (d->state) {
@@ -1634,16 +1642,8 @@ static void restart_note(ReloadReport *rep, bool changed, const char *what)
 /* Lists the settings a reload cannot apply (they need a restart) that differ. */
 static void reload_restart_only(const Config *old, const Config *c, ReloadReport *rep)
 {
-        restart_note(rep,
-                     !streq_null(old->api.url, c->api.url) || !streq_null(old->api.team_id, c->api.team_id) ||
-                         !streq_null(old->api.env_slug, c->api.env_slug) ||
-                         !streq_null(old->api.ca_file, c->api.ca_file) ||
-                         !streq_null(old->api.key_file, c->api.key_file) ||
-                         !streq_null(old->api.api_key, c->api.api_key) ||
-                         old->api.timeout_ms != c->api.timeout_ms ||
-                         old->api.max_connections != c->api.max_connections ||
-                         old->api.max_body != c->api.max_body,
-                     "[api]");
+        restart_note(rep, !streq_null(old->api.ca_file, c->api.ca_file), "[api] ca-file");
+        restart_note(rep, old->api.max_body != c->api.max_body, "[api] max-body");
         restart_note(rep, !streq_null(old->api.app_url, c->api.app_url), "[api] app-url");
         restart_note(rep, old->poll.max_sessions != c->poll.max_sessions, "[poll] max-sessions");
         restart_note(rep, old->poll.mode != c->poll.mode, "[poll] mode");
@@ -1669,8 +1669,69 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
                      !streq_null(old->control.path, c->control.path) ||
                          old->control.mode != c->control.mode || !streq_null(old->control.group, c->control.group),
                      "[control]");
-        restart_note(rep, !streq_null(old->metrics.listen, c->metrics.listen), "[metrics]");
         restart_note(rep, !streq_null(old->state.path, c->state.path), "[state]");
+}
+
+static void swap_str(char **a, char **b)
+{
+        char *t = *a;
+
+        *a = *b;
+        *b = t;
+}
+
+/* Applies [api] url, key-file (read again by the load, even under the same
+ * name: that is how a key is rotated), team-id, env-slug, timeout and
+ * max-connections to the requests started from now on; those in flight
+ * finish with what they started with. The old strings go with `c`, which
+ * wipes the old key. */
+static int reload_api(Daemon *d, Config *c)
+{
+        ConfigApi *old = &d->config->api;
+        bool key_changed = !streq_null(old->api_key, c->api.api_key);
+        ApiOptions ao = {
+            .url = c->api.url,
+            .key = c->api.api_key,
+            .team_id = c->api.team_id,
+            .env_slug = c->api.env_slug,
+        };
+        int r;
+
+        if (old->max_connections != c->api.max_connections) {
+                r = httpmux_set_max_connections(d->mux, (long)c->api.max_connections);
+                if (r < 0)
+                        return r;
+                old->max_connections = c->api.max_connections;
+        }
+        if (old->timeout_ms != c->api.timeout_ms) {
+                httpmux_set_timeout(d->mux, (long)c->api.timeout_ms);
+                old->timeout_ms = c->api.timeout_ms;
+        }
+        if (!key_changed && streq_null(old->url, c->api.url) && streq_null(old->team_id, c->api.team_id) &&
+            streq_null(old->env_slug, c->api.env_slug)) {
+                swap_str(&old->key_file, &c->api.key_file);
+                return 0;
+        }
+        r = api_reconfigure(&d->api, &ao);
+        if (r < 0)
+                return r;
+        if (!streq_null(old->url, c->api.url))
+                log_info("Requests go to '%s' from now on.", c->api.url);
+        swap_str(&old->url, &c->api.url);
+        swap_str(&old->key_file, &c->api.key_file);
+        swap_str(&old->api_key, &c->api.api_key);
+        swap_str(&old->team_id, &c->api.team_id);
+        swap_str(&old->env_slug, &c->api.env_slug);
+        if (key_changed) {
+                log_info("Using the API key from '%s' for requests started from now on.", old->key_file);
+                /* A hold-off for a rejected key is over: the new one may well
+                 * be accepted, and the next poll tells. */
+                if (d->auth_level > 0) {
+                        d->sched.paused_until_ms = uv_now(&d->loop);
+                        d->auth_level = 0;
+                }
+        }
+        return 0;
 }
 
 /* Removes sinks[k] from the array (keeping the order of the others) and
@@ -1913,10 +1974,15 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         r = reload_journal(d, c);
         if (r >= 0)
                 r = reload_webhooks(d, c, ret);
+        if (r >= 0)
+                r = reload_api(d, c);
+        if (r >= 0)
+                daemon_reload_metrics(d, c);
         /* Webhooks that went release what they held. */
         persist_release(d, false);
         if (r < 0) {
-                snprintf(errbuf, errlen, "%s: the reload was applied only in part (%s): sessions and sinks "
+                snprintf(errbuf, errlen,
+                         "%s: the reload was applied only in part (%s): sessions and sinks "
                          "changed so far stay changed; the rest of the running configuration is kept",
                          c->path, strerror(-r));
                 goto out;
@@ -1947,6 +2013,7 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         so.jitter_percent = c->poll.jitter_percent;
         so.backoff_max_ms = c->poll.backoff_max_ms;
         so.rate_per_sec = c->api.rate_per_sec;
+        so.max_in_flight = d->config->api.max_connections;
         {
                 uint64_t old_interval = d->sched.opt.interval_ms, old_waiting = d->sched.opt.waiting_interval_ms;
 

@@ -676,6 +676,12 @@ static void on_list_done(void *userdata, const HttpResponse *resp)
                 break;
         }
         case API_AUTH:
+                /* Sent with a key a reload has replaced since: ask again at
+                 * once with the new one, nothing is held. */
+                if (api_answer_stale(disc->api)) {
+                        sc->due_ms = now;
+                        break;
+                }
                 /* The key, not this scope, is refused: every request is
                  * held as for a poll's 401, and the page is asked again once
                  * the hold is over. */

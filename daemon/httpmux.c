@@ -1019,6 +1019,24 @@ static void mux_free(HttpMux *m)
         global_unref();
 }
 
+void httpmux_set_timeout(HttpMux *m, long timeout_ms)
+{
+        m->timeout_ms = timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS;
+}
+
+int httpmux_set_max_connections(HttpMux *m, long max_connections)
+{
+        long n = max_connections > 0 ? max_connections : DEFAULT_MAX_CONNECTIONS;
+
+        /* Outside any libcurl callback: only reloads call this. */
+        if (curl_multi_setopt(m->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, n) != CURLM_OK ||
+            curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, n) != CURLM_OK ||
+            curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, n) != CURLM_OK)
+                return -EINVAL;
+        m->max_connections = n;
+        return 0;
+}
+
 int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret)
 {
         static const HttpMuxOptions defaults = {};

@@ -72,6 +72,15 @@ const char *http_error_to_string(HttpError e);
  * once, here: -errno if it cannot be read. */
 int httpmux_new(uv_loop_t *loop, const HttpMuxOptions *options, HttpMux **ret);
 
+/* Sets the default per-request timeout (0: 10 s) for requests started from
+ * now on; those in flight keep theirs. */
+void httpmux_set_timeout(HttpMux *m, long timeout_ms);
+
+/* Changes the cap on open connections (0: 16). Connections over a lower cap
+ * close as their transfers end; nothing in flight is cut. Returns 0 or
+ * -EINVAL when libcurl refuses. */
+int httpmux_set_max_connections(HttpMux *m, long max_connections);
+
 /* Starts a GET. `headers` is borrowed and must stay valid until `done` runs.
  * Returns 0 (and `done` runs later) or -errno (and `done` never runs):
  * -ECANCELED once httpmux_close() was called, -ENOMEM, -EINVAL for a URL

@@ -104,9 +104,11 @@
  *   GET    /_sim/faults            The active rules.
  *   DELETE /_sim/faults            Clears every rule.
  *   GET    /_sim/config            {"listOrder":"updated-asc","listLagMs":0}
- *   POST   /_sim/config            {"listOrder":ORDER, "listLagMs":MS}, both
- *                                  optional: sets them at run time (all or
- *                                  nothing) and returns the configuration.
+ *   POST   /_sim/config            {"listOrder":ORDER, "listLagMs":MS,
+ *                                  "apiKey":KEY}, all optional: sets them at
+ *                                  run time (all or nothing) and returns the
+ *                                  configuration (without the key). A new
+ *                                  apiKey refuses the old one from then on.
  *                                  Unknown key or bad value: 400 naming it.
  *   GET    /_sim/counters          {"requests":{"get","list","execute",
  *                                  "unauthorized","badRequest","notFound",
@@ -224,7 +226,10 @@ static char server_first_call_seen;
 static struct {
         const char *prefix;
         size_t prefix_len;
-        const char *key;
+        /* The accepted key; POST /_sim/config {"apiKey"} replaces it while
+         * requests are served, so it is read and written under key_lock. */
+        pthread_mutex_t key_lock;
+        char *key;
         size_t key_len;
         atomic_ullong counters[COUNTER_MAX];
         /* The run-time configuration of /_sim/config. */
@@ -419,14 +424,17 @@ static bool server_authorized(struct MHD_Connection *conn)
         unsigned char diff = 0;
         size_t n;
 
+        bool ok;
+
         if (!k)
                 return false;
         n = strlen(k);
-        if (n != server.key_len)
-                return false;
-        for (size_t i = 0; i < n; i++)
+        pthread_mutex_lock(&server.key_lock);
+        ok = n == server.key_len;
+        for (size_t i = 0; ok && i < n; i++)
                 diff |= (unsigned char)(k[i] ^ server.key[i]);
-        return diff == 0;
+        pthread_mutex_unlock(&server.key_lock);
+        return ok && diff == 0;
 }
 
 /* Parses a decimal number made of digits only, as the API's integer parameters. */
@@ -788,6 +796,7 @@ static int server_set_config(json_object *body, char *err, size_t errlen)
 {
         int order = -1;
         int64_t lag = -1;
+        const char *api_key = NULL;
 
         if (!json_object_is_type(body, json_type_object)) {
                 snprintf(err, errlen, "body must be a JSON object");
@@ -809,11 +818,27 @@ static int server_set_config(json_object *body, char *err, size_t errlen)
                                          SERVER_LIST_LAG_MAX_MS);
                                 return -EINVAL;
                         }
+                } else if (strcmp(key, "apiKey") == 0) {
+                        if (!json_object_is_type(val, json_type_string) ||
+                            json_object_get_string_len(val) == 0) {
+                                snprintf(err, errlen, "\"apiKey\" must be a non-empty string");
+                                return -EINVAL;
+                        }
+                        api_key = json_object_get_string(val);
                 } else {
-                        snprintf(err, errlen, "unknown key \"%.200s\" (expected listOrder or listLagMs)",
-                                 key);
+                        snprintf(err, errlen,
+                                 "unknown key \"%.200s\" (expected listOrder, listLagMs or apiKey)", key);
                         return -EINVAL;
                 }
+        }
+        if (api_key) {
+                char *k = xstrdup(api_key);
+
+                pthread_mutex_lock(&server.key_lock);
+                free(server.key);
+                server.key = k;
+                server.key_len = strlen(k);
+                pthread_mutex_unlock(&server.key_lock);
         }
         if (order >= 0)
                 atomic_store(&server.list_order, order);
@@ -1483,7 +1508,8 @@ int main(int argc, char **argv)
         faults_init(o.seed);
         server.prefix = o.prefix;
         server.prefix_len = strlen(o.prefix);
-        server.key = o.key;
+        pthread_mutex_init(&server.key_lock, NULL);
+        server.key = xstrdup(o.key);
         server.key_len = strlen(o.key);
         atomic_store(&server.list_order, (int)o.list_order);
         atomic_store(&server.list_lag_ms, o.list_lag_ms);
@@ -1493,6 +1519,7 @@ int main(int argc, char **argv)
         if (r < 0) {
                 fprintf(stderr, "apisim: cannot start the delay thread: %s\n", strerror(-r));
                 store_free();
+                free(server.key);
                 options_free(&o);
                 return 1;
         }
@@ -1511,6 +1538,7 @@ int main(int argc, char **argv)
                         errno ? strerror(errno) : "libmicrohttpd failed to start");
                 delay_stop();
                 store_free();
+                free(server.key);
                 options_free(&o);
                 return o.port ? 2 : 1;
         }
@@ -1550,6 +1578,7 @@ int main(int argc, char **argv)
         faults_free();
         list_counts_reset();
         store_free();
+        free(server.key);
         options_free(&o);
         return 0;
 
@@ -1557,6 +1586,7 @@ fail:
         delay_stop();
         MHD_stop_daemon(d);
         store_free();
+        free(server.key);
         options_free(&o);
         return 2;
 }

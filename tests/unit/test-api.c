@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <curl/curl.h>
@@ -94,7 +95,7 @@ static void test_init_prefixes(void **state)
         assert_int_equal(api_init(&a, NULL, &o), 0);
         assert_string_equal(a.get_prefix, "http://127.0.0.1:1/v0/sessions/get?id=");
         assert_string_equal(a.list_prefix, "http://127.0.0.1:1/v0/sessions/list?");
-        for (const struct curl_slist *l = (const struct curl_slist *)a.headers; l; l = l->next, n++) {
+        for (const struct curl_slist *l = a.headers->list; l; l = l->next, n++) {
                 saw_team |= strcmp(l->data, "X-Team-ID: tea1") == 0;
                 saw_key |= strcmp(l->data, "X-Airplane-API-Key: k") == 0;
         }
@@ -104,10 +105,38 @@ static void test_init_prefixes(void **state)
         api_done(&a);
 }
 
+/* A reload's new key and URL apply to what starts next; the header set a
+ * request in flight borrowed stays valid until that request lets go of it. */
+static void test_reconfigure(void **state)
+{
+        Api a;
+        ApiOptions o = { .url = "http://127.0.0.1:1/v0", .key = "old" };
+        ApiHeaders *before;
+
+        assert_int_equal(api_init(&a, NULL, &o), 0);
+        before = a.headers;
+        before->refs++; /* as a request in flight holds it */
+        o = (ApiOptions){ .url = "http://127.0.0.1:2/v1", .key = "new", .env_slug = "prod" };
+        assert_int_equal(api_reconfigure(&a, &o), 0);
+        assert_ptr_not_equal(a.headers, before);
+        assert_int_equal(before->refs, 1);
+        assert_string_equal(before->list->data, "X-Airplane-API-Key: old");
+        assert_string_equal(a.headers->list->data, "X-Airplane-API-Key: new");
+        assert_string_equal(a.headers->list->next->next->data, "X-Airplane-Env-Slug: prod");
+        assert_string_equal(a.get_prefix, "http://127.0.0.1:2/v1/sessions/get?id=");
+        assert_int_equal(a.get_prefix_len, strlen(a.get_prefix));
+        assert_string_equal(a.list_prefix, "http://127.0.0.1:2/v1/sessions/list?");
+        api_done(&a);
+        /* What the request in flight would do when it is done. */
+        curl_slist_free_all(before->list);
+        free(before);
+}
+
 int main(void)
 {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_escape),
+                cmocka_unit_test(test_reconfigure),
                 cmocka_unit_test(test_escape_bounds),
                 cmocka_unit_test(test_classify),
                 cmocka_unit_test(test_init_prefixes),

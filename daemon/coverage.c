@@ -91,6 +91,9 @@ static void count(Daemon *d, SessionIndex i, Session *rec, uint8_t cls, int sign
 
 static uint64_t pace(const Daemon *d, size_t active, size_t waiting)
 {
+        /* mode = get: its GETs poll, sweeps only discover. */
+        if (!mode_covers(d))
+                return d->config->watch.discover_interval_ms;
         if (active > 0)
                 return d->config->poll.interval_ms;
         if (waiting > 0)

@@ -157,6 +157,24 @@ class CoverageBase:
         self.assertEqual(self.lists(sim, self.rbk_a), 0)
         self.assertEqual(self.coverage(daemon)["covered"], 0)
 
+    def test_mode_get_sweeps_only_to_discover(self):
+        # A swept runbook in mode = get: its sessions are polled by GET
+        # every interval, and the runbook is swept at discover-interval
+        # (2 s), not at the interval (200 ms) as auto covers it.
+        ids = [new_id("sesgetrb") for _ in range(3)]
+        sim = self.start_sim([self.session(sid, self.rbk_a, [[-5, "Active"]]) for sid in ids])
+        daemon = self.start_daemon(sim.url, runbooks=[self.rbk_a], poll={"mode": "get"},
+                                   watch={"discover-interval": "2s"})
+        daemon.wait_for_events(count=3)
+        lists = self.lists(sim, self.rbk_a)
+        # 20 polls of one session take at least 19 intervals (3.8 s): two
+        # sweeps at discover-interval, where auto would make about 20.
+        self.wait_gets(sim, ids[0], 20, timeout=30)
+        self.assertLessEqual(self.lists(sim, self.rbk_a) - lists, 6, "the runbook was swept at the interval")
+        self.assertEqual(self.coverage(daemon)["covered"], 0)
+        sim.set_status(ids[1], "Failed")
+        daemon.wait_for_event(lambda e: e["subject"] == ids[1] and e["data"]["status"] == "Failed")
+
     def test_mode_list_covers_what_auto_would_poll(self):
         # Two sessions of one runbook: auto keeps them on GET (a sweep would
         # not be cheaper), list covers them anyway.

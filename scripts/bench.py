@@ -643,7 +643,10 @@ class Bench:
                 "deadline_s": 30,
                 # Limit of the wait for the first sweeps: base + per session.
                 "warmup_base_s": 120,
-                "warmup_per_session_s": 0.0003,
+                "warmup_per_session_s": 0.003,
+                # ... and no longer than this (1,000,000 sessions cannot all
+                # be taken in at 50 requests a second in time anyway).
+                "warmup_max_s": 600,
             },
         }
 
@@ -940,7 +943,7 @@ backfill = no
             # Warm-up: every session taken in and every runbook swept once
             # (the daemon's counters), then 2 intervals by its own uptime.
             if at_offset is None:
-                until = time.time() + fp["warmup_base_s"] + fp["warmup_per_session_s"] * n
+                until = time.time() + min(fp["warmup_base_s"] + fp["warmup_per_session_s"] * n, fp["warmup_max_s"])
             else:
                 until = sim.t_up + at_offset
             warm_ok = True

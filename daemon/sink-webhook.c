@@ -91,6 +91,7 @@ static const char *const failure_names[_WEBHOOK_FAILURE_MAX] = {
     [WEBHOOK_FAILURE_REDIRECT] = "redirect",
     [WEBHOOK_FAILURE_GONE] = "gone",
     [WEBHOOK_FAILURE_EXPIRED] = "expired",
+    [WEBHOOK_FAILURE_TLS] = "tls",
 };
 
 const char *webhook_failure_to_string(WebhookFailure f)
@@ -338,6 +339,8 @@ WebhookVerdict sink_webhook_classify(const HttpResponse *resp, WebhookFailure *r
                 *ret_kind = WEBHOOK_FAILURE_HTTP_5XX;
         else if (resp->error == HTTP_ERR_TIMEOUT)
                 *ret_kind = WEBHOOK_FAILURE_TIMEOUT;
+        else if (resp->error == HTTP_ERR_TLS)
+                *ret_kind = WEBHOOK_FAILURE_TLS;
         else
                 *ret_kind = WEBHOOK_FAILURE_NETWORK;
         *ret_honour =

@@ -16,10 +16,11 @@ typedef enum WebhookFailure {
         WEBHOOK_FAILURE_HTTP_5XX,     /* retried (503 honours Retry-After) */
         WEBHOOK_FAILURE_RATE_LIMITED, /* 429: retried after Retry-After */
         WEBHOOK_FAILURE_TIMEOUT,      /* retried */
-        WEBHOOK_FAILURE_NETWORK,      /* connect, reset, TLS...: retried */
+        WEBHOOK_FAILURE_NETWORK,      /* connect, reset...: retried */
         WEBHOOK_FAILURE_REDIRECT,     /* 3xx, never followed: retried */
         WEBHOOK_FAILURE_GONE,         /* 410: the webhook is disabled */
         WEBHOOK_FAILURE_EXPIRED,      /* older than max-age: dropped */
+        WEBHOOK_FAILURE_TLS,          /* handshake or certificate verification: retried */
         _WEBHOOK_FAILURE_MAX,
 } WebhookFailure;
 

@@ -652,6 +652,28 @@ class WebhookTest(unittest.TestCase):
         self.stop(daemon)
         self.assert_signed(rx)
 
+    def test_a_tls_failure_is_counted_as_tls(self):
+        # https:// at a receiver that speaks plain HTTP: the handshake
+        # fails, the event stays queued and is retried, counted as tls.
+        ids = self.sessions("sestlswh", 1)
+        sim = self.start_sim([swtest.sim_session(ids[0], [[0, "Active"]])])
+        rx = self.receiver()
+        url = rx.url.replace("http://", "https://", 1)
+        daemon = self.make_daemon(sim, ids, {"secure": self.webhook(url)}, extra=self.CONTROL).start()
+        daemon.wait_control()
+        daemon.wait_for_event(timeout=20)
+
+        def failures():
+            hooks = {w["name"]: w for w in daemon.ctl_json("status")["webhooks"]}
+            return hooks["secure"]["failures"]
+
+        swtest.wait_until(lambda: failures().get("tls", 0) >= 2, timeout=20,
+                          message=lambda: f"no tls failures counted: {failures()}")
+        self.assertEqual(failures().get("network", 0), 0)
+        self.assertEqual(rx.delivered_ids(), [])
+        self.assertTrue(any("to webhook 'secure' failed: tls (" in line for line in daemon.stderr_lines()),
+                        daemon.stderr_text())
+
     def test_failures_are_retried_or_dropped(self):
         cases = ["drop400", "redirect", "ratelimit", "hang", "close"]
         ids = {case: f"ses{case}{uuid.uuid4().hex[:6]}" for case in cases}

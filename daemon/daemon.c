@@ -1478,7 +1478,7 @@ static void warn_cleartext(const char *url, bool reload)
                 log_warning(
                     "The API URL '%s' is plain http:// to a host that is not the loopback: the API key "
                     "is sent in clear text%s.",
-                    url, reload ? " (from the next restart, which applies a new URL)" : "");
+                    url, reload ? " from the next request" : "");
 }
 
 int daemon_run(const DaemonOptions *o)

@@ -550,7 +550,9 @@ void daemon_auth_rejected(Daemon *d, long status)
 
 void daemon_auth_accepted(Daemon *d)
 {
-        if (d->auth_level > 0) {
+        /* Only an answer to a request sent once the hold was over says the
+         * key works: one already in flight at the 401 proves nothing. */
+        if (d->auth_level > 0 && uv_now(&d->loop) >= d->sched.paused_until_ms) {
                 log_notice("The API accepts the key again.");
                 d->auth_level = 0;
         }

@@ -345,8 +345,16 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                 d->disc_counters.discovered++;
         }
         rec = sessions_get(d->table, i);
-        if (rec->flags & SESSION_GONE)
-                return;
+        if (rec->flags & SESSION_GONE) {
+                /* Two 404s said gone, yet the list shows it changed since:
+                 * the 404s were a proxy's or a deploy's, not the end. */
+                if (snap->updated_at_us <= rec->updated_at_us)
+                        return;
+                rec->flags &= ~SESSION_GONE;
+                log_notice("Session '%s' is listed again, changed since it was called gone; watching it again.",
+                           snap->id);
+                daemon_persist(d, i);
+        }
         /* Listed: it exists, whatever a 404 said. */
         rec->coverage &= (uint8_t)~SESSION_COV_SUSPECT;
         if (snap->runbook_id) {

@@ -261,6 +261,23 @@ class CoverageBase:
         self.assertEqual(sim.counters(times=False)["faults"]["404"], 2)
         self.assertGreaterEqual(self.coverage(daemon)["requests"]["confirm"], 1)
 
+    def test_a_gone_session_listed_again_comes_back(self):
+        ids = [new_id("sesback") for _ in range(3)]
+        sim = self.start_sim([self.session(sid, self.rbk_a, [[-30, "Active"]]) for sid in ids])
+        daemon = self.start_daemon(sim.url, runbooks=[self.rbk_a], poll={"audit-interval": "1s"})
+        daemon.wait_for_events(count=3, timeout=15)
+        sim.fault("404", probability=1.0, session=ids[0])
+        daemon.wait_for_event(lambda e: e["type"] == "sessionwatch.session.gone", timeout=20)
+        # The 404s were not the end of it: it changes, a sweep lists it.
+        sim.clear_faults()
+        sim.set_status(ids[0], "Failed")
+        event = daemon.wait_for_event(lambda e: e["subject"] == ids[0] and e["data"]["status"] == "Failed",
+                                      timeout=15)
+        self.assertEqual(event["data"]["previousStatus"], "Active")
+        daemon.wait_for_stderr(lambda line: "is listed again" in line and ids[0] in line, timeout=5)
+        listed = {s["id"]: s for s in daemon.ctl_json("list")["sessions"]}
+        self.assertFalse(listed[ids[0]]["gone"])
+
     def test_restart_resumes_without_repeats_or_gaps(self):
         ids = [new_id("sesrst") for _ in range(6)]
         sim = self.start_sim([self.session(sid, self.rbk_a, [[-30, "Pending"]]) for sid in ids])

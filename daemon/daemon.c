@@ -1257,6 +1257,12 @@ static int schedule_all(Daemon *d)
 
 static int setup_sockets(Daemon *d);
 
+/* What the API client takes of [api]; the strings stay the config's. */
+static ApiOptions api_options(const ConfigApi *a)
+{
+        return (ApiOptions){.url = a->url, .key = a->api_key, .team_id = a->team_id, .env_slug = a->env_slug};
+}
+
 static int setup_http(Daemon *d)
 {
         const Config *c = d->config;
@@ -1266,12 +1272,7 @@ static int setup_http(Daemon *d)
             .max_body = c->api.max_body,
             .ca_file = c->api.ca_file,
         };
-        ApiOptions ao = {
-            .url = c->api.url,
-            .key = c->api.api_key,
-            .team_id = c->api.team_id,
-            .env_slug = c->api.env_slug,
-        };
+        ApiOptions ao = api_options(&c->api);
         int r;
 
         r = httpmux_new(&d->loop, &ho, &d->mux);
@@ -1691,12 +1692,7 @@ static int reload_api(Daemon *d, Config *c)
 {
         ConfigApi *old = &d->config->api;
         bool key_changed = !streq_null(old->api_key, c->api.api_key);
-        ApiOptions ao = {
-            .url = c->api.url,
-            .key = c->api.api_key,
-            .team_id = c->api.team_id,
-            .env_slug = c->api.env_slug,
-        };
+        ApiOptions ao = api_options(&c->api);
         int r;
 
         if (old->max_connections != c->api.max_connections) {

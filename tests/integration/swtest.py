@@ -1106,17 +1106,22 @@ class Daemon(Process):
         line = obj_or_line if isinstance(obj_or_line, (str, bytes)) else json.dumps(obj_or_line)
         if isinstance(line, str):
             line = line.encode()
+        return json.loads(self.request_raw(line, socket_path=socket_path, timeout=timeout))
+
+    def request_raw(self, payload, socket_path=None, timeout=10):
+        """Send the bytes `payload` and a newline to the control socket and
+        return the reply's bytes as they came (one line), undecoded."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(scaled(timeout))
             sock.connect(socket_path or self.control_socket)
-            sock.sendall(line + b"\n")
+            sock.sendall(payload + b"\n")
             data = b""
             while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
                     break
                 data += chunk
-        return json.loads(data)
+        return data
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ its commands.
 """
 
 import json
-import socket
 import unittest
 
 import swtest
@@ -38,17 +37,7 @@ class UntrustedTextTest(unittest.TestCase):
 
     def raw_reply(self, daemon, payload):
         """Send raw request bytes, return the raw reply bytes (one line)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(swtest.scaled(10))
-            sock.connect(daemon.control_socket)
-            sock.sendall(payload + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return data
+        return daemon.request_raw(payload)
 
     def strict(self, data):
         """Decode a reply line strictly: UTF-8 errors and bad JSON raise."""

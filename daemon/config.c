@@ -53,6 +53,7 @@ typedef enum Section {
         SECTION_EVENTS,
         SECTION_CONTROL,
         SECTION_METRICS,
+        SECTION_HTTP,
         SECTION_STATE,
         SECTION_SKIP, /* a bad header, already reported: its keys are ignored */
         _SECTION_MAX,
@@ -1061,7 +1062,7 @@ static bool hostname_valid(const char *h)
 /* "HOST:PORT", "[IPV6]:PORT", "*:PORT" or ":PORT" (any address). */
 static int parse_listen(Parser *p, const Key *k, const char *value, void *field)
 {
-        ConfigMetrics *m = field;
+        ConfigListen *m = field;
         char *listen = NULL, *host = NULL;
         const char *port_s;
         uint64_t port = 0;
@@ -1334,6 +1335,15 @@ static const Key metrics_keys[] = {
     {"listen", parse_listen, CFG(metrics), NULL, 0, 0, 0},
 };
 
+static const Key http_keys[] = {
+    {"listen", parse_listen, CFG(http.listen), NULL, 0, 0, 0},
+    {"token-file", parse_path, CFG(http.token_file), NULL, 0, 0, 0},
+    {"max-connections", parse_unsigned, CFG(http.max_connections), "64", 1, 4096, 0},
+    {"max-event-streams", parse_unsigned, CFG(http.max_event_streams), "32", 1, 1024, 0},
+    {"heartbeat", parse_duration_key, CFG(http.heartbeat_ms), "15s", 100, MS_HOUR, 0},
+    {"client-buffer", parse_size_key, CFG(http.client_buffer), "1M", 4096, (uint64_t)1 << 30, 0},
+};
+
 static const Key state_keys[] = {
     {"path", parse_path, CFG(state.path), NULL, 0, 0, 0},
 };
@@ -1349,6 +1359,7 @@ static const SectionInfo sections[_SECTION_MAX] = {
     [SECTION_EVENTS] = {"events", events_keys, N(events_keys)},
     [SECTION_CONTROL] = {"control", control_keys, N(control_keys)},
     [SECTION_METRICS] = {"metrics", metrics_keys, N(metrics_keys)},
+    [SECTION_HTTP] = {"http", http_keys, N(http_keys)},
     [SECTION_STATE] = {"state", state_keys, N(state_keys)},
 };
 
@@ -1863,6 +1874,62 @@ static void check_cleartext(Parser *p)
                             quote(url, q));
 }
 
+bool config_listen_is_loopback(const ConfigListen *l)
+{
+        struct in6_addr a6;
+        struct in_addr a4;
+
+        if (!l->listen || !l->host)
+                return false;
+        if (strcasecmp(l->host, "localhost") == 0)
+                return true;
+        if (inet_pton(AF_INET, l->host, &a4) == 1)
+                return (ntohl(a4.s_addr) >> 24) == 127;
+        if (inet_pton(AF_INET6, l->host, &a6) == 1)
+                return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+        return false;
+}
+
+/* [metrics] listen is the old spelling of [http] listen; a listener on
+ * anything but the loopback needs a token; the token file is read now. */
+static void check_http(Parser *p)
+{
+        Config *c = p->config;
+        unsigned metrics_line = p->seen[SECTION_METRICS][key_index(SECTION_METRICS, "listen")];
+        unsigned http_line = p->seen[SECTION_HTTP][key_index(SECTION_HTTP, "listen")];
+        unsigned token_line = p->seen[SECTION_HTTP][key_index(SECTION_HTTP, "token-file")];
+        char q[QUOTE_SIZE], err[PATH_MAX + 256];
+        int r;
+
+        if (c->metrics.listen) {
+                if (c->http.listen.listen) {
+                        add_error(p, metrics_line,
+                                  "'listen' in section '[metrics]' is the old spelling of 'listen' in "
+                                  "section '[http]' (line %u): keep only the latter",
+                                  http_line);
+                        return;
+                }
+                add_warning(p, metrics_line,
+                            "'listen' in section '[metrics]' is deprecated: write it as 'listen' in section "
+                            "'[http]', which serves /metrics and the status page and API");
+                c->http.listen = c->metrics;
+                c->metrics = (ConfigListen){};
+                http_line = metrics_line;
+        }
+        if (c->http.listen.listen && !c->http.token_file && !config_listen_is_loopback(&c->http.listen))
+                add_error(p, http_line,
+                          "'listen' '%s' is not a loopback address: set 'token-file' in section '[http]' "
+                          "(a bearer token that every request but the page itself must then carry)",
+                          quote(c->http.listen.listen, q));
+        if (!c->http.token_file)
+                return;
+        r = config_read_secret(c->http.token_file, &c->http.token, err, sizeof(err));
+        if (r == -ENOMEM)
+                p->fatal = r;
+        else if (r < 0)
+                add_error(p, token_line, "token-file %s", err);
+}
+
 int config_load(const char *path, const ConfigEnv *env, Config **ret, char *errbuf, size_t errlen)
 {
         return config_load_full(path, env, 0, ret, errbuf, errlen, NULL, 0);
@@ -1935,6 +2002,9 @@ int config_load_full(const char *path, const ConfigEnv *env, unsigned flags, Con
         if (p.fatal)
                 goto oom;
         check_cleartext(&p);
+        check_http(&p);
+        if (p.fatal)
+                goto oom;
 
         free(p.webhook_seen);
         if (p.n_errors > 0) {
@@ -2004,6 +2074,10 @@ void config_free(Config *c)
         socket_done(&c->control);
         free(c->metrics.listen);
         free(c->metrics.host);
+        free(c->http.listen.listen);
+        free(c->http.listen.host);
+        free(c->http.token_file);
+        wipe_free(c->http.token);
         free(c->state.path);
         free(c);
 }

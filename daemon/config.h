@@ -135,11 +135,24 @@ typedef struct ConfigSocket {
         uint64_t client_buffer; /* events only: bytes queued per client before it is dropped; 1M */
 } ConfigSocket;
 
-typedef struct ConfigMetrics {
-        char *listen; /* "HOST:PORT" as written, or NULL: metrics endpoint off */
+typedef struct ConfigListen {
+        char *listen; /* "HOST:PORT" as written, or NULL: off */
         char *host;   /* without brackets for IPv6; NULL for any address ("*:PORT" or ":PORT") */
         uint16_t port;
-} ConfigMetrics;
+} ConfigListen;
+
+/* [http]: the one HTTP listener (metrics, the page, the JSON API and the
+ * event stream). [metrics] listen is the old spelling of `listen`: after a
+ * load it has been moved here (with a warning), and `metrics` stays empty. */
+typedef struct ConfigHttp {
+        ConfigListen listen;
+        char *token_file;           /* NULL: no token; required when listen is not the loopback */
+        char *token;                /* its contents, read at load */
+        unsigned max_connections;   /* default 64 */
+        unsigned max_event_streams; /* default 32 */
+        uint64_t heartbeat_ms;      /* default 15s */
+        uint64_t client_buffer;     /* bytes an event stream client may lag before it is cut; 1M */
+} ConfigHttp;
 
 typedef struct ConfigState {
         char *path; /* default $STATE_DIRECTORY; NULL: the daemon decides */
@@ -155,9 +168,14 @@ typedef struct Config {
         size_t n_webhooks;
         ConfigSocket events;
         ConfigSocket control;
-        ConfigMetrics metrics;
+        ConfigListen metrics; /* empty after a load: see ConfigHttp */
+        ConfigHttp http;
         ConfigState state;
 } Config;
+
+/* Whether a listen address is the loopback only (127.0.0.0/8, ::1,
+ * localhost); "any address" is not. */
+bool config_listen_is_loopback(const ConfigListen *l);
 
 /* Fills *ret from getenv(); the strings stay owned by the environment. */
 void config_env_from_environ(ConfigEnv *ret);

@@ -365,6 +365,7 @@ static void on_discovered_session(void *userdata, const DiscoveryScope *sc, cons
                         (void)runbooks_set(&d->runbooks, i, snap->runbook_id, strlen(snap->runbook_id));
                 }
         }
+        daemon_web_learn_name(d, i, snap->name);
         before_us = rec->updated_at_us;
         (void)sessions_observe(d->table, i, snap->status_raw, snap->status_raw_len, snap->updated_at_us,
                                &obs);

@@ -1,5 +1,5 @@
 /* daemon-metrics: the daemon's counters in the Prometheus text format, for
- * the `metrics` control command and the [metrics] HTTP endpoint.
+ * the `metrics` control command and GET /metrics on [http] listen.
  *
  * Every counter lives in the Daemon (or in the module it belongs to) and is
  * only touched on the loop thread; the endpoint answers on the loop thread
@@ -14,7 +14,6 @@
 
 #include "control.h"
 #include "daemon-private.h"
-#include "metrics-http.h"
 #include "metrics.h"
 #include "process-metrics.h"
 #include "sink-socket.h"
@@ -364,18 +363,7 @@ static void write_sockets(Daemon *d, MetricsText *m)
                             (double)ss.refused);
         metrics_text_single(m, "sessionwatch_control_connections", "gauge", "Control socket connections.",
                             d->control ? (double)control_connections(d->control) : 0);
-        if (d->metrics_http) {
-                MetricsHttpStats hs;
-
-                metrics_http_stats(d->metrics_http, &hs);
-                metrics_text_family(
-                    m, "sessionwatch_metrics_scrapes_total", "counter",
-                    "Answers of the metrics endpoint by result (\"error\": not a GET of /metrics).");
-                metrics_text_labelled(m, "sessionwatch_metrics_scrapes_total", "result", "ok",
-                                      (double)hs.scrapes);
-                metrics_text_labelled(m, "sessionwatch_metrics_scrapes_total", "result", "error",
-                                      (double)hs.errors);
-        }
+        daemon_http_metrics(d, m);
 }
 
 /* Only with a state folder: without one there is nothing to write. */
@@ -428,84 +416,4 @@ void daemon_metrics(Daemon *d, MetricsText *m)
         /* A /proc file that cannot be read leaves its metrics out rather
          * than failing the whole answer. */
         (void)process_metrics_write(m);
-}
-
-/* metrics_http's render callback: hands over the buffer itself. */
-static int on_metrics_render(void *userdata, char **ret_text, size_t *ret_len)
-{
-        MetricsText m = METRICS_TEXT_NULL;
-
-        daemon_metrics(userdata, &m);
-        if (m.error < 0) {
-                int r = m.error;
-
-                metrics_text_done(&m);
-                return r;
-        }
-        *ret_text = m.data;
-        *ret_len = m.len;
-        return 0;
-}
-
-int daemon_setup_metrics(Daemon *d)
-{
-        const ConfigMetrics *c = &d->config->metrics;
-        int r;
-
-        if (!c->listen)
-                return 0;
-        r = metrics_http_new(&d->loop, c->host, c->port, on_metrics_render, d, &d->metrics_http);
-        if (r < 0) {
-                log_error_errno(r, "Failed to listen for metrics on %s ([metrics] listen): %m", c->listen);
-                return r;
-        }
-        log_info("Serving metrics on %s (port %u), path /metrics.", c->listen,
-                 (unsigned)metrics_http_port(d->metrics_http));
-        return 0;
-}
-
-void daemon_close_metrics(Daemon *d)
-{
-        if (!d->metrics_http)
-                return;
-        metrics_http_close(d->metrics_http, NULL, NULL);
-        d->metrics_http = NULL;
-}
-
-static bool listen_equal(const char *a, const char *b)
-{
-        return a == b || (a && b && strcmp(a, b) == 0);
-}
-
-void daemon_reload_metrics(Daemon *d, Config *c)
-{
-        ConfigMetrics *old = &d->config->metrics, t;
-        MetricsHttp *m = NULL;
-        int r;
-
-        if (listen_equal(old->listen, c->metrics.listen))
-                return;
-        if (c->metrics.listen) {
-                r = metrics_http_new(&d->loop, c->metrics.host, c->metrics.port, on_metrics_render, d, &m);
-                if (r < 0) {
-                        log_error_errno(r,
-                                        "Failed to listen for metrics on %s ([metrics] listen in '%s'): %m; "
-                                        "%s%s.",
-                                        c->metrics.listen, c->path,
-                                        old->listen ? "still serving them on " : "still not serving them",
-                                        old->listen ? old->listen : "");
-                        return;
-                }
-        }
-        daemon_close_metrics(d);
-        d->metrics_http = m;
-        if (m)
-                log_info("Serving metrics on %s (port %u), path /metrics.", c->metrics.listen,
-                         (unsigned)metrics_http_port(m));
-        else
-                log_info("No longer serving metrics (on %s).", old->listen);
-        /* The old strings go with `c`. */
-        t = *old;
-        *old = c->metrics;
-        c->metrics = t;
 }

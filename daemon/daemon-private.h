@@ -12,7 +12,6 @@
 #include "event.h"
 #include "httpmux.h"
 #include "log.h"
-#include "metrics-http.h"
 #include "metrics.h"
 #include "notify.h"
 #include "runbooks.h"
@@ -22,6 +21,7 @@
 #include "state.h"
 
 typedef struct ControlServer ControlServer;
+typedef struct DaemonWeb DaemonWeb;
 
 typedef struct Daemon Daemon;
 
@@ -162,7 +162,7 @@ struct Daemon {
         uint64_t start_usec;
 
         /* Metrics (daemon-metrics.c). */
-        MetricsHttp *metrics_http; /* NULL without [metrics] listen */
+        DaemonWeb *web; /* daemon-http.c; NULL without [http] listen */
         MetricsHistogram poll_duration;
         uint64_t transitions_by_status[_SESSION_STATUS_MAX];
         uint64_t rate_limit_pauses; /* 429 answers to polls that started or extended the hold */
@@ -262,15 +262,24 @@ void daemon_metrics_count_transition(Daemon *d, SessionStatus status, int64_t up
 /* Counts how late a piece of due work started. */
 void daemon_metrics_observe_lag(Daemon *d, uint64_t late_ms);
 
-/* Starts the HTTP endpoint when [metrics] listen is set. A bind failure is
+/* ---- daemon-http.c ---- */
+
+/* Starts the HTTP listener when [http] listen is set. A bind failure is
  * logged with the address. Returns 0 or -errno. */
-int daemon_setup_metrics(Daemon *d);
-
-/* Stops the endpoint (from finish()); its handles close on the loop. */
-void daemon_close_metrics(Daemon *d);
-
-/* Moves the endpoint to the [metrics] listen of `c` (a reload) when it
- * differs: the new address is bound before the old one is let go, and when
- * it cannot be, the error names it and the old endpoint stays. The running
- * config takes the new address only once it serves. */
-void daemon_reload_metrics(Daemon *d, Config *c);
+int daemon_setup_http(Daemon *d);
+/* Stops listening (from finish()); the handles close on the loop. */
+void daemon_close_http(Daemon *d);
+/* Frees what is left once the loop has run dry. */
+void daemon_free_http(Daemon *d);
+/* Takes [http] from `c` (a reload): a new address is bound before the old
+ * one is let go, and when it cannot be, the error names it and the old
+ * listener stays; a new token applies to the next request. */
+void daemon_reload_http(Daemon *d, Config *c);
+/* Every event goes to the HTTP event stream's ring. */
+void daemon_web_emit(Daemon *d, const Event *e);
+/* What the API shows of a session that the table does not keep. */
+void daemon_web_learn_name(Daemon *d, SessionIndex i, const char *name);
+void daemon_web_forget(Daemon *d, SessionIndex i);
+void daemon_http_metrics(Daemon *d, MetricsText *m);
+/* The reply of the `status` control command. */
+struct json_object *daemon_status_json(Daemon *d);

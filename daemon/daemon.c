@@ -111,6 +111,7 @@ static void emit(Daemon *d, const Event *e, uint64_t response_done_usec)
         for (size_t i = 0; i < d->n_sinks; i++)
                 if (d->sinks[i])
                         sink_emit(d->sinks[i], e);
+        daemon_web_emit(d, e);
         if (response_done_usec > 0)
                 record_latency(&d->stats, response_done_usec);
 }
@@ -446,6 +447,7 @@ static ApiOutcome handle_session_body(Daemon *d, SessionIndex i, const HttpRespo
                                 (void)runbooks_set_none(&d->runbooks, i);
                 }
         }
+        daemon_web_learn_name(d, i, snap.name);
         (void)sessions_observe(d->table, i, snap.status_raw, snap.status_raw_len, snap.updated_at_us, &obs);
         if (obs.result == OBSERVE_STALE)
                 stale_answer(d, i, &obs, snap.status_raw, snap.status_raw_len, snap.updated_at_us, sent_us);
@@ -815,7 +817,7 @@ static void finish(Daemon *d)
                 control_close(d->control);
                 d->control = NULL;
         }
-        daemon_close_metrics(d);
+        daemon_close_http(d);
         d->stream = NULL; /* closed with the sinks */
         close_handle(d, (uv_handle_t *)&d->tick);
         close_handle(d, (uv_handle_t *)&d->stop_timer);
@@ -1146,6 +1148,7 @@ static int on_state_removed(void *userdata, const char *id, size_t len)
                 return 0;
         }
         runbooks_forget(&d->runbooks, i);
+        daemon_web_forget(d, i);
         sessions_remove(d->table, i);
         return 0;
 }
@@ -1427,6 +1430,7 @@ static void retire_sessions(Daemon *d)
                 }
                 coverage_forget(d, i);
                 runbooks_forget(&d->runbooks, i);
+                daemon_web_forget(d, i);
                 sessions_remove(d->table, i);
                 retired++;
         }
@@ -1470,6 +1474,7 @@ static void daemon_free(Daemon *d)
         free(d->slots);
         discovery_free(d->disc);
         coverage_done(d);
+        daemon_free_http(d);
         config_free(d->config);
 }
 
@@ -1525,7 +1530,7 @@ int daemon_run(const DaemonOptions *o)
         if ((r = make_source(&d)) < 0 || (r = setup_sinks(&d, o)) < 0 || (r = daemon_orphans_scan(&d)) < 0 ||
             (r = setup_sessions(&d)) < 0 || (r = coverage_setup(&d)) < 0 || (r = setup_state(&d)) < 0 ||
             (r = schedule_all(&d)) < 0 || (r = setup_http(&d)) < 0 || (r = setup_sockets(&d)) < 0 ||
-            (r = daemon_setup_metrics(&d)) < 0) {
+            (r = daemon_setup_http(&d)) < 0) {
                 log_error_errno(r, "Failed to start: %m");
                 d.stopping = true;
                 finish(&d);
@@ -1618,6 +1623,7 @@ static void unwatch_session(Daemon *d, SessionIndex i)
         scheduler_unschedule(&d->sched, i);
         coverage_forget(d, i);
         runbooks_forget(&d->runbooks, i);
+        daemon_web_forget(d, i);
         sessions_remove(d->table, i);
 }
 
@@ -1975,7 +1981,7 @@ static int daemon_reload(Daemon *d, char *errbuf, size_t errlen, ReloadReport *r
         if (r >= 0)
                 r = reload_api(d, c);
         if (r >= 0)
-                daemon_reload_metrics(d, c);
+                daemon_reload_http(d, c);
         /* Webhooks that went release what they held. */
         persist_release(d, false);
         if (r < 0) {
@@ -2239,6 +2245,11 @@ static bool get_member(json_object *req, const char *key, json_type type, json_o
                 return true;
         }
         return json_object_is_type(*ret, type);
+}
+
+json_object *daemon_status_json(Daemon *d)
+{
+        return cmd_status(d, NULL);
 }
 
 static json_object *cmd_list(void *userdata, json_object *req)

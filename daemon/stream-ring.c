@@ -5,7 +5,7 @@
 
 #include "stream-ring.h"
 
-StreamChunk *stream_chunk_new(const char *data, size_t len, long sequence)
+StreamChunk *stream_chunk_alloc(size_t len, long sequence)
 {
         StreamChunk *c = malloc(sizeof(*c) + len);
 
@@ -14,7 +14,14 @@ StreamChunk *stream_chunk_new(const char *data, size_t len, long sequence)
         c->refs = 1;
         c->sequence = sequence;
         c->len = len;
-        if (len > 0)
+        return c;
+}
+
+StreamChunk *stream_chunk_new(const char *data, size_t len, long sequence)
+{
+        StreamChunk *c = stream_chunk_alloc(len, sequence);
+
+        if (c && len > 0)
                 memcpy(c->data, data, len);
         return c;
 }

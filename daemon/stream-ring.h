@@ -20,6 +20,8 @@ typedef struct StreamChunk {
 
 /* A chunk holding a copy of `data` with one reference, or NULL. */
 StreamChunk *stream_chunk_new(const char *data, size_t len, long sequence);
+/* A chunk of `len` bytes whose contents the caller fills, or NULL. */
+StreamChunk *stream_chunk_alloc(size_t len, long sequence);
 StreamChunk *stream_chunk_ref(StreamChunk *c);
 void stream_chunk_unref(StreamChunk *c);
 

@@ -1914,6 +1914,7 @@ static void check_http(Parser *p)
                             "'[http]', which serves /metrics and the status page and API");
                 c->http.listen = c->metrics;
                 c->metrics = (ConfigListen){};
+                c->http_listen_deprecated_line = metrics_line;
                 http_line = metrics_line;
         }
         if (c->http.listen.listen && !c->http.token_file && !config_listen_is_loopback(&c->http.listen))

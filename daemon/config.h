@@ -170,6 +170,7 @@ typedef struct Config {
         ConfigSocket control;
         ConfigListen metrics; /* empty after a load: see ConfigHttp */
         ConfigHttp http;
+        unsigned http_listen_deprecated_line; /* line of a [metrics] listen moved to [http]; 0: none */
         ConfigState state;
 } Config;
 

@@ -1553,6 +1553,10 @@ int daemon_run(const DaemonOptions *o)
         malloc_trim(0);
         log_info("Watching %zu session(s) at %s.", sessions_count(d.table), d.config->api.url);
         warn_cleartext(d.config->api.url, false);
+        if (d.config->http_listen_deprecated_line)
+                log_warning("%s:%u: 'listen' in section '[metrics]' is deprecated: write it as 'listen' in "
+                            "section '[http]', which serves /metrics and the status page and API.",
+                            d.config->path, d.config->http_listen_deprecated_line);
         if (d.disc)
                 discovery_start(d.disc, &d.api, &d.sched);
         dispatch(&d);
@@ -1679,6 +1683,10 @@ static void reload_restart_only(const Config *old, const Config *c, ReloadReport
                          old->control.mode != c->control.mode || !streq_null(old->control.group, c->control.group),
                      "[control]");
         restart_note(rep, !streq_null(old->state.path, c->state.path), "[state]");
+        restart_note(rep,
+                     old->http.max_connections != c->http.max_connections &&
+                         streq_null(old->http.listen.listen, c->http.listen.listen),
+                     "[http] max-connections");
 }
 
 static void swap_str(char **a, char **b)

@@ -16,6 +16,7 @@
 #define HTTP_DEFAULT_MAX_CONNECTIONS 64
 #define HTTP_DEFAULT_TIMEOUT_S 10
 #define HTTP_STREAM_BLOCK 16384
+#define HTTP_STREAM_SNDBUF 65536
 
 /* Sent with every answer. */
 static const char *const security_headers[][2] = {
@@ -288,6 +289,13 @@ int http_reply_stream(HttpRequest *rq, const char *content_type, const HttpStrea
         st->userdata = userdata;
         ci = MHD_get_connection_info(rq->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         st->fd = ci ? ci->connect_fd : -1;
+        if (st->fd >= 0) {
+                /* A stream lives long: a client that stops reading must not
+                 * grow the kernel's buffer for it up to its maximum. */
+                int size = HTTP_STREAM_SNDBUF;
+
+                (void)setsockopt(st->fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        }
         r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK, on_stream_read, st,
                                               on_stream_response_freed);
         if (!r) {

@@ -75,6 +75,12 @@ FAMILIES = {
     "sessionwatch_stream_refused_total": "counter",
     "sessionwatch_control_connections": "gauge",
     "sessionwatch_metrics_scrapes_total": "counter",
+    "sessionwatch_http_requests_total": "counter",
+    "sessionwatch_http_unauthorized_total": "counter",
+    "sessionwatch_http_event_streams": "gauge",
+    "sessionwatch_http_event_streams_total": "counter",
+    "sessionwatch_http_event_stream_overflows_total": "counter",
+    "sessionwatch_http_event_streams_refused_total": "counter",
     "sessionwatch_state_degraded": "gauge",
     "sessionwatch_state_file_bytes": "gauge",
     "sessionwatch_state_pending_bytes": "gauge",
@@ -152,7 +158,7 @@ class MetricsTest(unittest.TestCase):
             "api": {"rate-limit": "off"},
             "poll": {"interval": INTERVAL, "waiting-interval": INTERVAL},
             "journal": {"enable": False},
-            "metrics": {"listen": f"127.0.0.1:{port}"},
+            "http": {"listen": f"127.0.0.1:{port}"},
         }
         config = swtest.Daemon.basic_config(sim.url, sessions=ids, extra=extra)
         if webhook_url:
@@ -276,7 +282,7 @@ class MetricsTest(unittest.TestCase):
             returncode = daemon.wait(timeout=20)
         self.assertNotEqual(returncode, 0)
         self.assertIn(f"127.0.0.1:{port}", daemon.stderr_text())
-        self.assertIn("[metrics] listen", daemon.stderr_text())
+        self.assertIn("[http] listen", daemon.stderr_text())
 
     @unittest.skipUnless(PROMETHEUS, "prometheus (Debian package prometheus) is not installed")
     def test_a_prometheus_server_scrapes_the_daemon(self):

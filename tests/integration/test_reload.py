@@ -9,7 +9,7 @@ made around the switch is announced; a list request sent with the old key
 and refused after the reload holds nothing; a hold-off for a rejected key
 ends with the reload; a new [api] url sends the polls to a second apisim;
 a new max-connections changes how many polls are in flight; a new
-[metrics] listen moves the endpoint (and an address that cannot be bound
+[http] listen moves the listener (and an address that cannot be bound
 leaves it where it was); what still needs a restart is named; a new
 webhook secret signs the next delivery. Neither the key nor a secret
 appears in the daemon's output.
@@ -235,15 +235,15 @@ class ReloadTest(unittest.TestCase):
         sim.clear_faults()
         self.stop(daemon)
 
-    def test_a_new_metrics_address_moves_the_listener(self):
+    def test_a_new_http_address_moves_the_listener(self):
         sim = self.start_sim()
         first, second = swtest.free_port(), swtest.free_port()
-        daemon = self.start_daemon(self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{first}"}}))
+        daemon = self.start_daemon(self.config(sim.url, extra={"http": {"listen": f"127.0.0.1:{first}"}}))
         self.assertEqual(swtest.http_get(f"http://127.0.0.1:{first}/metrics").status, 200)
 
-        self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{second}"}}))
+        self.rewrite(daemon, self.config(sim.url, extra={"http": {"listen": f"127.0.0.1:{second}"}}))
         self.assertIsNone(self.reload(daemon)["restartNeeded"])
-        daemon.wait_for_stderr(lambda line: f"Serving metrics on 127.0.0.1:{second}" in line)
+        daemon.wait_for_stderr(lambda line: f"Serving HTTP on 127.0.0.1:{second}" in line)
         self.assertEqual(swtest.http_get(f"http://127.0.0.1:{second}/metrics").status, 200)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", first), timeout=5).close()
@@ -254,15 +254,15 @@ class ReloadTest(unittest.TestCase):
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             busy = taken.getsockname()[1]
-            self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": f"127.0.0.1:{busy}"}}))
+            self.rewrite(daemon, self.config(sim.url, extra={"http": {"listen": f"127.0.0.1:{busy}"}}))
             self.reload(daemon)
-            daemon.wait_for_stderr(lambda line: f"Failed to listen for metrics on 127.0.0.1:{busy}" in line
-                                   and f"still serving them on 127.0.0.1:{second}" in line)
+            daemon.wait_for_stderr(lambda line: f"Failed to listen for HTTP on 127.0.0.1:{busy}" in line
+                                   and f"still serving on 127.0.0.1:{second}" in line)
         self.assertEqual(swtest.http_get(f"http://127.0.0.1:{second}/metrics").status, 200)
 
-        self.rewrite(daemon, self.config(sim.url, extra={"metrics": {"listen": ""}}))
+        self.rewrite(daemon, self.config(sim.url, extra={"http": {"listen": ""}}))
         self.reload(daemon)
-        daemon.wait_for_stderr(lambda line: f"No longer serving metrics (on 127.0.0.1:{second})" in line)
+        daemon.wait_for_stderr(lambda line: f"No longer serving HTTP (on 127.0.0.1:{second})" in line)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", second), timeout=5).close()
         self.stop(daemon)

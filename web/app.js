@@ -257,6 +257,7 @@
   async function loadTable() {
     const generation = ++tableGeneration;
     const params = filterQuery();
+    appliedFilters = params.toString();
     const after = cursors[cursors.length - 1];
     if (after !== null) params.set('after', after);
     let reply;
@@ -377,7 +378,14 @@
     el.runbooks.replaceChildren(options);
   }
 
+  // The filters the table shows; a change event that brings nothing new
+  // (an input losing the focus after Enter applied it) keeps the page.
+  let appliedFilters = null;
+
   function filtersChanged() {
+    const params = filterQuery().toString();
+    if (params === appliedFilters) return;
+    appliedFilters = params;
     cursors = [null];
     nextCursor = null;
     refreshTableNow();

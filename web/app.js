@@ -147,7 +147,9 @@
   function needToken() {
     if (authNeeded) return;
     authNeeded = true;
-    stopStream();
+    // A stream still waiting for its answer gets its own 401 and ends; one
+    // that is open is closed.
+    stopStream(streamOpen);
     setConnection('unauthorized', 'token needed');
     el.authMessage.textContent = token()
       ? 'The daemon refused this token. Enter the contents of its [http] token-file.'
@@ -544,22 +546,22 @@
   let streamAbort = null;
   let streamRun = 0;
   let everLive = false;
+  let streamOpen = false; // the current stream has its 200 answer
 
   function setConnection(state, text) {
     el.connection.dataset.state = state;
     el.connection.textContent = text;
   }
 
-  function stopStream() {
+  function stopStream(abort = true) {
     streamRun++;
     if (retryTimer !== null) {
       clearTimeout(retryTimer);
       retryTimer = null;
     }
-    if (streamAbort) {
-      streamAbort.abort();
-      streamAbort = null;
-    }
+    if (streamAbort && abort) streamAbort.abort();
+    streamAbort = null;
+    streamOpen = false;
   }
 
   function startStream() {
@@ -573,6 +575,7 @@
   function streamEnded(run, err) {
     if (run !== streamRun || authNeeded) return; // replaced or stopped on purpose
     streamAbort = null;
+    streamOpen = false;
     const wait = retryMs;
     retryMs = Math.min(RETRY_MAX_MS, retryMs * 2);
     const why = err && err.message ? ' (' + err.message + ')' : '';
@@ -595,6 +598,7 @@
       return;
     }
     if (!response.ok || !response.body) throw new Error('HTTP ' + response.status);
+    if (run === streamRun) streamOpen = true;
 
     const reader = response.body.getReader();
     const decoder = new TextDecoder('utf-8');

@@ -116,6 +116,7 @@ async function main() {
     }
     await cleanup();
     reply({ ok: true, value: 'bye' });
+    process.exit(0); // standard input may still be open
   } catch (err) {
     reply({ ok: false, error: String(err && err.stack ? err.stack : err) });
     await cleanup();

@@ -141,8 +141,8 @@ class Browser:
     def report(self):
         return self.call("report")
 
-    def screenshot(self, name):
-        path = self.call("screenshot", name=name)
+    def screenshot(self, name, full_page=True):
+        path = self.call("screenshot", name=name, fullPage=full_page)
         print(f"\nscreenshot: {path}", file=sys.stderr)
         return path
 
@@ -150,7 +150,7 @@ class Browser:
         if self.popen.poll() is None:
             try:
                 self.popen.stdin.write('{"cmd":"quit"}\n')
-                self.popen.stdin.flush()
+                self.popen.stdin.close()
                 self.popen.wait(timeout=swtest.scaled(15))
             except (OSError, subprocess.TimeoutExpired):
                 pass
@@ -161,8 +161,11 @@ class Browser:
             os.killpg(self.popen.pid, signal.SIGKILL)  # anything chromium left behind
         except OSError:
             pass
-        if self.popen.stdin:
-            self.popen.stdin.close()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
 
 # What the page shows, for error messages.
@@ -384,6 +387,7 @@ class PageTest(unittest.TestCase):
         self.assertTrue(all(gap >= 0.9 for gap in gaps), f"status reloaded faster than once a second: {gaps}")
         self.assertLessEqual(len(browser.eval("() => [...document.querySelectorAll('#feed li')]")), 50)
         browser.screenshot("page-live.png")
+        browser.screenshot("page.png", full_page=False)
         self.assert_clean(browser)
 
     def test_filters_and_search(self):

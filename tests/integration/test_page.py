@@ -281,7 +281,7 @@ class PageTest(unittest.TestCase):
 
     def assert_clean(self, browser, report=None):
         """No console error or warning, uncaught exception, failed request,
-        HTTP error or dialog so far; every request to the page's origin."""
+        HTTP error or dialog so far; returns the driver's report."""
         report = report or browser.report()
         noisy = [m for m in report["console"] if m["type"] in ("error", "warn", "warning", "assert")]
         self.assertEqual(noisy, [], "console errors")

@@ -2,6 +2,7 @@
  *
  *   /metrics                 the Prometheus text (daemon-metrics.c)
  *   /, /app.js, /app.css     the status page (web/, compiled in)
+ *   /favicon.ico             204: no icon (browsers ask for one by themselves)
  *   /api/v1/status           what `sessionwatchctl status --json` says
  *   /api/v1/sessions         the sessions, filtered, keyset-paged
  *   /api/v1/sessions/ID      one session and its events still in the ring
@@ -823,6 +824,9 @@ static void on_http_request(void *userdata, HttpRequest *rq)
         else if (strcmp(path, "/app.css") == 0)
                 (void)http_reply(rq, 200, "text/css; charset=utf-8", web_app_css, web_app_css_len, HTTP_BODY_STATIC,
                                  NULL);
+        else if (strcmp(path, "/favicon.ico") == 0)
+                /* Browsers ask for it on their own; no icon, and no 404 in their console. */
+                (void)http_reply(rq, 204, NULL, "", 0, HTTP_BODY_STATIC, NULL);
         else if (strcmp(path, "/api/v1/status") == 0)
                 serve_status(w, rq);
         else if (strcmp(path, "/api/v1/sessions") == 0)
@@ -836,7 +840,7 @@ static void on_http_request(void *userdata, HttpRequest *rq)
                                        "Nothing here: see /, /metrics and /api/v1/ (status, sessions, events).");
 }
 
-static const char *const public_paths[] = {"/", "/index.html", "/app.js", "/app.css", NULL};
+static const char *const public_paths[] = {"/", "/index.html", "/app.js", "/app.css", "/favicon.ico", NULL};
 
 /* ---- Set-up, reload, close ---- */
 

@@ -243,6 +243,14 @@ class MetricsTest(unittest.TestCase):
         self.assertGreaterEqual(count, value(later, "sessionwatch_polls_total", outcome="ok"))
         self.assertEqual(value(later, "sessionwatch_poll_duration_seconds_bucket", le="+Inf"), count)
         self.assertGreater(value(later, "sessionwatch_poll_duration_seconds_sum"), 0)
+        # The delay histograms have their finite buckets, 0.1 s to 600 s, and
+        # not only +Inf: both changes above were observed in the first one.
+        for family in ("sessionwatch_detection_delay_seconds", "sessionwatch_schedule_lag_seconds"):
+            bounds = sorted(float(dict(labels)["le"]) for (name, labels) in later if name == family + "_bucket")
+            self.assertEqual(len(bounds), 19, f"{family} buckets: {bounds}")
+            self.assertEqual((bounds[0], bounds[-2], bounds[-1]), (0.1, 600, float("inf")), family)
+        self.assertEqual(value(later, "sessionwatch_detection_delay_seconds_count"), 2)
+        self.assertEqual(value(later, "sessionwatch_detection_delay_seconds_bucket", le="600"), 2)
         # Every transition went to the state file.
         self.assertGreaterEqual(value(later, "sessionwatch_state_writes_total"), 1)
         self.assertEqual(value(later, "sessionwatch_state_write_duration_seconds_count"),

@@ -22,6 +22,8 @@
 /* Poll durations, in seconds: from a few milliseconds on a near API to the
  * request timeout. */
 static const double poll_duration_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+_Static_assert(sizeof(poll_duration_bounds) / sizeof(poll_duration_bounds[0]) <= METRICS_HISTOGRAM_BOUNDS_MAX,
+               "more poll duration bounds than a MetricsHistogram holds");
 
 /* The poll outcomes as the metrics name them: the finer ApiOutcome values
  * fold into the HTTP classes they belong to, so dashboards see one stable
@@ -103,6 +105,8 @@ void daemon_metrics_observe_poll(Daemon *d, uint64_t start_usec, uint64_t done_u
 /* Detection delay and schedule lag, in seconds: from well under the poll
  * interval to the audit interval and beyond. */
 static const double delay_bounds[] = {0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 60, 120, 300, 600};
+_Static_assert(sizeof(delay_bounds) / sizeof(delay_bounds[0]) <= METRICS_HISTOGRAM_BOUNDS_MAX,
+               "more delay bounds than a MetricsHistogram holds");
 
 static void init_delay_histograms(Daemon *d)
 {

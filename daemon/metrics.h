@@ -39,7 +39,7 @@ void metrics_text_labelled(MetricsText *m, const char *name, const char *label, 
 /* A histogram with fixed upper bounds (increasing; the +Inf bucket is
  * implied). Observing costs a short scan and no allocation, so it can sit on
  * every poll completion. */
-#define METRICS_HISTOGRAM_BOUNDS_MAX 16
+#define METRICS_HISTOGRAM_BOUNDS_MAX 24
 
 typedef struct MetricsHistogram {
         double bounds[METRICS_HISTOGRAM_BOUNDS_MAX];

@@ -12,6 +12,7 @@ standard library:
 * the API simulator: :class:`ApiSim`;
 * the daemon under test and its INI configuration: :class:`Daemon`,
   :func:`render_ini`;
+* a real Prometheus server scraping the daemon: :class:`Prometheus`;
 * a real, private ``systemd-journald`` in its own mount namespace:
   :class:`JournalNamespace`;
 * small utilities: :func:`free_port`, :func:`read_json_lines`,
@@ -1122,6 +1123,145 @@ class Daemon(Process):
                     break
                 data += chunk
         return data
+
+
+# ---------------------------------------------------------------------------
+# A Prometheus server
+# ---------------------------------------------------------------------------
+
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def prometheus_binary():
+    """Return the path of the Prometheus server (Debian package
+    ``prometheus``), or None when it is not installed."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    return PROMETHEUS if os.access(PROMETHEUS, os.X_OK) else None
+
+
+class PrometheusQueryError(AssertionError):
+    """Prometheus refused a query (HTTP 400 or 422: the PromQL is wrong, or
+    its evaluation failed); the message has Prometheus's error text."""
+
+    def __init__(self, expr, response):
+        self.expr = expr
+        self.status = response.status
+        try:
+            detail = response.json().get("error", response.text)
+        except AssertionError:
+            detail = response.text
+        super().__init__(f"Prometheus refuses {expr!r}: HTTP {response.status}: {str(detail)[:500]}")
+
+
+class Prometheus(Process):
+    """A real Prometheus server on a free loopback port that scrapes
+    ``targets`` (``HOST:PORT`` strings) as job ``job`` every
+    ``scrape_interval``, its configuration and storage in the test tree.
+
+    :meth:`start` returns once ``/-/ready`` answers 200. :meth:`query` runs
+    an instant query through ``/api/v1/query`` and returns the result list;
+    :meth:`wait_query` repeats one until its result satisfies a predicate;
+    :meth:`series` lists series through ``/api/v1/series``. A query
+    Prometheus refuses raises :class:`PrometheusQueryError` at once.
+    """
+
+    def __init__(self, tmp, targets, job="sessionwatch", scrape_interval="1s", binary=None,
+                 name="prometheus", env=None):
+        workdir = tmp.root if isinstance(tmp, TempDirs) else str(tmp)
+        binary = binary or prometheus_binary()
+        if not binary:
+            raise AssertionError("prometheus (Debian package prometheus) is not installed")
+        self.targets = list(targets)
+        self.job = job
+        self.storage = _unique_path(workdir, f"{name}-data")
+        os.mkdir(self.storage)
+        self.config_path = _unique_path(workdir, f"{name}.yml")
+        with open(self.config_path, "w") as f:
+            f.write("global:\n"
+                    f"  scrape_interval: {scrape_interval}\n"
+                    f"  evaluation_interval: {scrape_interval}\n"
+                    "scrape_configs:\n"
+                    f"  - job_name: {json.dumps(job)}\n"
+                    "    static_configs:\n"
+                    f"      - targets: {json.dumps(self.targets)}\n")
+        self.port = free_port()
+        argv = [binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.storage}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        super().__init__(argv, workdir, name=name, env=env)
+
+    @property
+    def url(self):
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout=30):
+        """Start Prometheus and wait until it is ready to serve queries."""
+        super().start()
+
+        def ready():
+            if self.poll() is not None:
+                raise AssertionError(f"prometheus exited during start-up\n{self.describe()}")
+            try:
+                return http_get(self.url + "/-/ready", timeout=2).status == 200
+            except OSError:
+                return False
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.1,
+                       message=lambda: f"prometheus did not become ready\n{self.describe()}")
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _api(self, path, params, expr):
+        if self.poll() is not None:
+            raise AssertionError(f"prometheus exited\n{self.describe()}")
+        response = http_get(f"{self.url}{path}?" + urllib.parse.urlencode(params, doseq=True), timeout=10)
+        if response.status in (400, 422):
+            raise PrometheusQueryError(expr, response)
+        if response.status != 200:
+            raise AssertionError(f"prometheus {path}: HTTP {response.status}: {response.text[:500]}")
+        body = response.json()
+        if body.get("status") != "success":
+            raise PrometheusQueryError(expr, response)
+        return body["data"]
+
+    def query(self, expr, at=None):
+        """Run the instant query ``expr`` (at Unix time ``at``; default now)
+        and return its result: for a vector, a list of ``{"metric": {...},
+        "value": [time, "text"]}``."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return self._api("/api/v1/query", params, expr)["result"]
+
+    def series(self, match, lookback=300):
+        """The label sets of the series matching selector ``match`` seen in
+        the last ``lookback`` seconds."""
+        now = time.time()
+        return self._api("/api/v1/series", {"match[]": [match], "start": f"{now - lookback:.3f}",
+                                            "end": f"{now:.3f}"}, match)
+
+    def wait_query(self, expr, predicate=None, timeout=30, message=None):
+        """Repeat :meth:`query` until ``predicate(result)`` (default: the
+        result is not empty) is true, and return the result."""
+        check = predicate or bool
+        last = []
+
+        def satisfied():
+            last[:] = [self.query(expr)]
+            return last[0] if check(last[0]) else None
+
+        def describe():
+            text = message() if callable(message) else message
+            return (f"{text or 'no satisfying answer'} to {expr!r} (last answer: {last[0] if last else None!r})"
+                    f"\n{self.describe()}")
+
+        return wait_until(satisfied, timeout=timeout, interval=0.2, message=describe)
 
 
 # ---------------------------------------------------------------------------

@@ -15,20 +15,18 @@ The tests check:
 """
 
 import base64
-import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import unittest
-import urllib.parse
 
 import swtest
 from webhook_receiver import WebhookReceiver
 
 PROMTOOL = shutil.which("promtool")
-PROMETHEUS = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
+PROMETHEUS = swtest.prometheus_binary()
 SECRET = "whsec_" + base64.b64encode(b"metrics test webhook secret key!").decode()
 INTERVAL = "50ms"
 
@@ -251,6 +249,14 @@ class MetricsTest(unittest.TestCase):
         self.assertGreaterEqual(count, value(later, "sessionwatch_polls_total", outcome="ok"))
         self.assertEqual(value(later, "sessionwatch_poll_duration_seconds_bucket", le="+Inf"), count)
         self.assertGreater(value(later, "sessionwatch_poll_duration_seconds_sum"), 0)
+        # The delay histograms have their finite buckets, 0.1 s to 600 s, and
+        # not only +Inf: both changes above were observed in the first one.
+        for family in ("sessionwatch_detection_delay_seconds", "sessionwatch_schedule_lag_seconds"):
+            bounds = sorted(float(dict(labels)["le"]) for (name, labels) in later if name == family + "_bucket")
+            self.assertEqual(len(bounds), 19, f"{family} buckets: {bounds}")
+            self.assertEqual((bounds[0], bounds[-2], bounds[-1]), (0.1, 600, float("inf")), family)
+        self.assertEqual(value(later, "sessionwatch_detection_delay_seconds_count"), 2)
+        self.assertEqual(value(later, "sessionwatch_detection_delay_seconds_bucket", le="600"), 2)
         # Every transition went to the state file.
         self.assertGreaterEqual(value(later, "sessionwatch_state_writes_total"), 1)
         self.assertEqual(value(later, "sessionwatch_state_write_duration_seconds_count"),
@@ -289,42 +295,12 @@ class MetricsTest(unittest.TestCase):
         sim = self.start_sim([swtest.sim_session("ses_a", [(0, "Active")])])
         port = swtest.free_port()
         daemon = self.start_daemon(sim, ["ses_a"], port)
-
-        storage = os.path.join(self.tmp.root, "prometheus-data")
-        os.mkdir(storage)
-        config = os.path.join(self.tmp.conf, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write("global:\n"
-                    "  scrape_interval: 1s\n"
-                    "  evaluation_interval: 1s\n"
-                    "scrape_configs:\n"
-                    "  - job_name: sessionwatch\n"
-                    "    static_configs:\n"
-                    f"      - targets: ['127.0.0.1:{port}']\n")
-        prom_port = swtest.free_port()
-        prometheus = swtest.Process(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={storage}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            self.tmp.root, name="prometheus").register(self)
-        prometheus.start()
         # register() kills it at the end of the test, whatever happens.
+        prometheus = swtest.Prometheus(self.tmp, [f"127.0.0.1:{port}"], binary=PROMETHEUS).register(self)
+        prometheus.start()
 
-        def query():
-            if prometheus.poll() is not None:
-                raise AssertionError(f"prometheus exited\n{prometheus.describe()}")
-            url = (f"http://127.0.0.1:{prom_port}/api/v1/query?"
-                   + urllib.parse.urlencode({"query": "sessionwatch_build_info"}))
-            try:
-                response = swtest.http_request("GET", url, timeout=5)
-            except OSError:
-                return None
-            if response.status != 200:
-                return None
-            result = json.loads(response.body)["data"]["result"]
-            return result or None
-
-        result = swtest.wait_until(query, timeout=60, interval=0.5,
-                                   message=lambda: f"Prometheus returned no sample\n{prometheus.describe()}")
+        result = prometheus.wait_query("sessionwatch_build_info", timeout=60,
+                                       message="Prometheus returned no sample")
         self.assertEqual(len(result), 1)
         self.assertEqual(result[0]["value"][1], "1")
         self.assertEqual(result[0]["metric"]["job"], "sessionwatch")

@@ -329,6 +329,10 @@ static void assert_defaults(const Config *c)
 
         assert_int_equal(c->events.mode, 0660);
         assert_int_equal(c->events.client_buffer, 1024 * 1024);
+        assert_int_equal(c->http.max_connections, 64);
+        assert_int_equal(c->http.max_event_streams, 32);
+        assert_int_equal(c->http.heartbeat_ms, 15000);
+        assert_int_equal(c->http.client_buffer, 1024 * 1024);
         assert_int_equal(c->control.mode, 0600);
 }
 
@@ -356,6 +360,14 @@ static void test_defaults(void **state)
         assert_null(c->metrics.listen);
         assert_null(c->metrics.host);
         assert_int_equal(c->metrics.port, 0);
+        assert_null(c->http.listen.listen);
+        assert_null(c->http.token_file);
+        assert_null(c->http.token);
+        assert_int_equal(c->http.max_connections, 64);
+        assert_int_equal(c->http.max_event_streams, 32);
+        assert_int_equal(c->http.heartbeat_ms, 15000);
+        assert_int_equal(c->http.client_buffer, 1 << 20);
+        assert_int_equal(c->http_listen_deprecated_line, 0);
         assert_null(c->state.path);
         assert_non_null(strstr(c->path, "/test-"));
         free(key);
@@ -402,8 +414,12 @@ static void test_every_key(void **state)
                                    "path = @DIR@/control.sock\n"
                                    "mode = 600\n"
                                    "group = 4\n"
-                                   "[metrics]\n"
+                                   "[http]\n"
                                    "listen = [::1]:9464\n"
+                                   "max-connections = 8\n"
+                                   "max-event-streams = 2\n"
+                                   "heartbeat = 500ms\n"
+                                   "client-buffer = 64k\n"
                                    "[state]\n"
                                    "path = @DIR@/state\n";
         Config *c = load_ok(text, NULL);
@@ -452,9 +468,14 @@ static void test_every_key(void **state)
         assert_int_equal(c->control.mode, 0600);
         assert_string_equal(c->control.group, "4");
 
-        assert_string_equal(c->metrics.listen, "[::1]:9464");
-        assert_string_equal(c->metrics.host, "::1");
-        assert_int_equal(c->metrics.port, 9464);
+        assert_string_equal(c->http.listen.listen, "[::1]:9464");
+        assert_string_equal(c->http.listen.host, "::1");
+        assert_int_equal(c->http.listen.port, 9464);
+        assert_int_equal(c->http.max_connections, 8);
+        assert_int_equal(c->http.max_event_streams, 2);
+        assert_int_equal(c->http.heartbeat_ms, 500);
+        assert_int_equal(c->http.client_buffer, 65536);
+        assert_null(c->metrics.listen);
         snprintf(buf, sizeof(buf), "%s/state", dir);
         assert_string_equal(c->state.path, buf);
         free(dir);
@@ -498,20 +519,58 @@ static void test_listen(void **state)
             {":9464", NULL, 9464},
         };
 
+        char *token = write_secret("http-token", "tok_example\n");
+
         for (size_t i = 0; i < N(cases); i++) {
                 char *text;
                 Config *c;
 
-                assert_true(asprintf(&text, KEYHDR "[metrics]\nlisten = %s\n", cases[i].value) > 0);
+                /* Off the loopback, a token file is needed (see test_http_token). */
+                assert_true(asprintf(&text, KEYHDR "[http]\nlisten = %s\ntoken-file = %s\n", cases[i].value,
+                                     token) > 0);
                 c = load_ok(text, NULL);
-                assert_string_equal(c->metrics.listen, cases[i].value);
+                assert_string_equal(c->http.listen.listen, cases[i].value);
                 if (cases[i].host)
-                        assert_string_equal(c->metrics.host, cases[i].host);
+                        assert_string_equal(c->http.listen.host, cases[i].host);
                 else
-                        assert_null(c->metrics.host);
-                assert_int_equal(c->metrics.port, cases[i].port);
+                        assert_null(c->http.listen.host);
+                assert_int_equal(c->http.listen.port, cases[i].port);
+                assert_string_equal(c->http.token, "tok_example");
                 config_free(c);
                 free(text);
+        }
+        free(token);
+}
+
+/* [metrics] listen is the old spelling of [http] listen. */
+static void test_metrics_listen_moves_to_http(void **state)
+{
+        Config *c = load_ok(KEYHDR "[metrics]\nlisten = 127.0.0.1:9464\n", NULL);
+
+        assert_null(c->metrics.listen);
+        assert_string_equal(c->http.listen.listen, "127.0.0.1:9464");
+        assert_string_equal(c->http.listen.host, "127.0.0.1");
+        assert_int_equal(c->http.listen.port, 9464);
+        assert_int_equal(c->http_listen_deprecated_line, 4);
+        assert_true(config_listen_is_loopback(&c->http.listen));
+        config_free(c);
+}
+
+static void test_loopback(void **state)
+{
+        static const struct {
+                const char *host;
+                bool loopback;
+        } cases[] = {
+            {"127.0.0.1", true}, {"127.8.9.10", true}, {"::1", true},   {"localhost", true},
+            {"LocalHost", true}, {"::ffff:127.0.0.1", true}, {"10.0.0.1", false},
+            {"0.0.0.0", false}, {"::", false}, {"example.com", false}, {NULL, false},
+        };
+
+        for (size_t i = 0; i < N(cases); i++) {
+                ConfigListen l = {.listen = (char *)"x:1", .host = (char *)cases[i].host, .port = 1};
+
+                assert_int_equal(config_listen_is_loopback(&l), cases[i].loopback);
         }
 }
 
@@ -1023,6 +1082,21 @@ static void test_errors(void **state)
              "@FILE@:4: Invalid value 'host:0' for 'listen': the port must be a number between 1 and 65535"},
             {KEYHDR "[metrics]\nlisten = ho_st:80\n",
              "@FILE@:4: Invalid value 'ho_st:80' for 'listen': not a host name or address"},
+            /* Off the loopback without a token; both spellings at once. */
+            {KEYHDR "[http]\nlisten = 0.0.0.0:9464\n",
+             "@FILE@:4: 'listen' '0.0.0.0:9464' is not a loopback address: set 'token-file' in section "
+             "'[http]' (a bearer token that every request but the page itself must then carry)"},
+            {KEYHDR "[http]\nlisten = *:9464\n",
+             "@FILE@:4: 'listen' '*:9464' is not a loopback address: set 'token-file' in section "
+             "'[http]' (a bearer token that every request but the page itself must then carry)"},
+            {KEYHDR "[metrics]\nlisten = example.com:80\n",
+             "@FILE@:4: 'listen' 'example.com:80' is not a loopback address: set 'token-file' in section "
+             "'[http]' (a bearer token that every request but the page itself must then carry)"},
+            {KEYHDR "[http]\nlisten = 127.0.0.1:1\n[metrics]\nlisten = 127.0.0.1:2\n",
+             "@FILE@:6: 'listen' in section '[metrics]' is the old spelling of 'listen' in section '[http]' "
+             "(line 4): keep only the latter"},
+            {KEYHDR "[http]\nlisten = 127.0.0.1:1\ntoken-file = /nonexistent/token\n",
+             "@FILE@:5: token-file '/nonexistent/token': No such file or directory"},
             /* Every error is reported, one per line, in file order;
              * the keys of an unknown section are not. */
             {KEYHDR "[poll]\ninterval = 5\njitter = 200%\n[nope]\nfoo = bar\n[watch]\nall = 2\n",
@@ -1327,6 +1401,7 @@ static void test_example(void **state)
         assert_int_equal(fclose(out), 0);
         free(write_secret("oncall.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"));
         free(write_secret("oncall-next.secret", "whsec_bmV4dA==\n"));
+        free(write_secret("http-token", "tok_example\n"));
 
         r = config_load(un, &env, &c, err, sizeof(err));
         if (r < 0)
@@ -1357,7 +1432,8 @@ static void test_example(void **state)
         assert_non_null(c->events.path);
         assert_non_null(c->events.group);
         assert_non_null(c->control.path);
-        assert_non_null(c->metrics.listen);
+        assert_non_null(c->http.listen.listen);
+        assert_non_null(c->http.token);
         assert_non_null(c->state.path);
         config_free(c);
 
@@ -1380,6 +1456,8 @@ int main(void)
                 cmocka_unit_test(test_every_key),
                 cmocka_unit_test(test_rate_limit),
                 cmocka_unit_test(test_listen),
+                cmocka_unit_test(test_metrics_listen_moves_to_http),
+                cmocka_unit_test(test_loopback),
                 cmocka_unit_test(test_syntax),
                 cmocka_unit_test(test_url_slashes),
                 cmocka_unit_test(test_empty_resets),

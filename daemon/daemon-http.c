@@ -766,12 +766,16 @@ static void serve_session(DaemonWeb *w, HttpRequest *rq, const char *id)
         for (long k = found - 1; k >= 0; k--) {
                 StreamChunk *c = stream_ring_get(&w->ring, picked[k]);
                 const char *data = memmem(c->data, c->len, "\ndata: ", 7);
+                json_tokener *tok;
                 json_object *e;
 
                 if (!data)
                         continue;
                 data += 7;
-                e = json_tokener_parse(data); /* the chunk ends in "\n\n", which the parser skips */
+                /* The chunk is not NUL-terminated: parse exactly its JSON line. */
+                tok = json_tokener_new();
+                e = tok ? json_tokener_parse_ex(tok, data, (int)(c->data + c->len - data)) : NULL;
+                json_tokener_free(tok);
                 if (e)
                         json_object_array_add(events, e);
         }

@@ -26,7 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "daemon-private.h"
+#include "event.h"
+#include "state.h"
 
 /* A coverage scope starts once polling its sessions would cost this many
  * more requests per interval than sweeping them, and stops below the lower

@@ -23,7 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "daemon-private.h"
+#include "event.h"
 #include "http-server.h"
 #include "stream-ring.h"
 

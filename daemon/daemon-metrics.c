@@ -13,7 +13,10 @@
 #include <uv.h>
 
 #include "control.h"
+#include "config.h"
 #include "daemon-private.h"
+#include "state.h"
+#include "event.h"
 #include "metrics.h"
 #include "process-metrics.h"
 #include "sink-socket.h"

@@ -3,23 +3,27 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
+/* What struct Daemon holds by value; everything else it only points to. */
 #include "api.h"
-#include "config.h"
 #include "discovery.h"
-#include "event.h"
-#include "httpmux.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
 #include "runbooks.h"
 #include "scheduler.h"
 #include "sessions.h"
-#include "sink.h"
-#include "state.h"
 
+typedef struct Config Config;
+typedef struct ConfigApi ConfigApi;
+typedef struct DaemonOptions DaemonOptions;
+typedef struct Event Event;
+typedef struct Sink Sink;
+typedef struct State State;
+typedef struct ControlCommand ControlCommand;
 typedef struct ControlServer ControlServer;
 typedef struct DaemonWeb DaemonWeb;
 
@@ -44,6 +48,20 @@ typedef struct PersistMark {
         Sink *sink;
         uint64_t mark;
 } PersistMark;
+
+/* State writes held back until the webhook outboxes hold the events that
+ * went before them (persist.c). */
+typedef struct Persist {
+        PersistQueue wait, next;
+        PersistMark *marks;
+        size_t n_marks;
+        bool armed;
+        uint64_t armed_gen;    /* batches armed so far: the one held in `wait` */
+        uint64_t released_gen; /* the last batch written */
+        /* Discovery watermarks that wait for the sessions they cover. */
+        HeldWatermark *held_wm;
+        size_t n_held_wm, cap_held_wm;
+} Persist;
 
 /* Why a GET went out, for the metrics. A sweep is a list request. */
 typedef enum RequestPurpose {
@@ -102,18 +120,8 @@ struct Daemon {
         Sink **orphans;
         size_t n_orphans;
 
-        State *state;         /* NULL: no state folder configured */
-        /* State writes held back until the webhook outboxes hold the events
-         * that went before them (see persist()). */
-        PersistQueue persist_wait, persist_next;
-        PersistMark *persist_marks;
-        size_t n_persist_marks;
-        bool persist_armed;
-        uint64_t persist_armed_gen;    /* batches armed so far: the one held in `wait` */
-        uint64_t persist_released_gen; /* the last batch written */
-        /* Discovery watermarks that wait for the sessions they cover. */
-        HeldWatermark *held_wm;
-        size_t n_held_wm, cap_held_wm;
+        State *state; /* NULL: no state folder configured */
+        Persist persist;
         size_t state_dropped; /* loaded sessions no longer watched */
 
         /* One per poll in flight, for the most [api] max-connections allows,
@@ -219,22 +227,128 @@ struct json_object *daemon_orphans_status(Daemon *d);
 /* Their metric families. */
 void daemon_orphans_metrics(Daemon *d, MetricsText *m);
 
-/* ---- daemon.c, for the parts split from it ---- */
+/* ---- daemon.c: the loop, the start and stop order, the signals ---- */
 
-void daemon_dispatch(Daemon *d);
+/* Every poll has come back (or the grace period ran out): tear down. */
+void daemon_finish(Daemon *d);
+uint64_t daemon_monotonic_usec(void);
+int64_t daemon_realtime_usec(void);
+
+/* ---- setup.c: the parts made at start-up ---- */
+
+/* The event source, "sessionwatchd://HOST". */
+int daemon_make_source(Daemon *d);
+/* The journal, --print-events and one sink per [webhook]. */
+int daemon_setup_sinks(Daemon *d, const DaemonOptions *o);
+/* The HTTP multiplexer, the API client and the poll slots. */
+int daemon_setup_api(Daemon *d);
+/* The event stream socket (a sink) and the control socket. */
+int daemon_setup_sockets(Daemon *d);
+/* What the API client takes of [api]; the strings stay the config's. */
+ApiOptions daemon_api_options(const ConfigApi *a);
+/* Said once at start, and again when a reload brings another URL. */
+void daemon_warn_cleartext(const char *url, bool reload);
+
+/* ---- fanout.c: the sinks and the events handed to them ---- */
+
 void daemon_emit(Daemon *d, const Event *e, uint64_t response_done_usec);
-void daemon_persist(Daemon *d, SessionIndex i);
-void daemon_persist_watermark(Daemon *d, const char *key, int64_t newest_us);
-void daemon_stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
-void daemon_retire_sessions(Daemon *d);
+/* Appends to sinks[]. Returns 0 or -ENOMEM. */
+int daemon_sinks_append(Daemon *d, Sink *s);
+/* Takes sinks[k] out (the order of the others kept) and returns it; held
+ * state writes stop waiting for it. */
+Sink *daemon_sinks_detach(Daemon *d, size_t k);
+/* The summary logged at a stop. */
+void daemon_log_stats(const Daemon *d);
+
+/* ---- poll.c: the poll cycle ---- */
+
+/* Starts every request that is due and allowed now, then arms the timer for
+ * the next; nothing once the daemon is stopping. */
+void daemon_dispatch(Daemon *d);
+void daemon_schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms);
+/* A request other than a poll (a sweep page) completed. */
 void daemon_request_done(Daemon *d);
+/* A poll of session i in flight is to be answered into the void. */
+void daemon_poll_cancel(Daemon *d, SessionIndex i);
+/* Makes the poll slots, for the most [api] max-connections allows. */
+int daemon_poll_init(Daemon *d);
+
+/* ---- poll-answer.c: what an answer to a poll means ---- */
+
+/* Takes in the answer to a poll of session i, classified as `o`: emits what
+ * changed and plans its next poll. `sent_us` is the wall clock when the
+ * request went out, `stale_key` whether it went with a key replaced since. */
+void daemon_poll_answer(Daemon *d, SessionIndex i, ApiOutcome o, const HttpResponse *resp, int64_t sent_us,
+                        bool stale_key);
 /* The API answered 401 (to a poll or a list request): every request is held,
  * 30 s doubling up to 10 min while it goes on, and the first says so once. */
 void daemon_auth_rejected(Daemon *d, long status);
 /* The API answered a request: a hold for a rejected key is over. */
 void daemon_auth_accepted(Daemon *d);
-void daemon_schedule_after(Daemon *d, SessionIndex i, uint64_t delay_ms);
-int64_t daemon_realtime_usec(void);
+
+/* ---- stalled.c ---- */
+
+/* After an answer about session i was taken in: a change clears the stalled
+ * mark; a session quiet for too long gets its one stalled event.
+ * `before_us`: its updatedAt before the answer. */
+void daemon_stalled_after_answer(Daemon *d, SessionIndex i, int64_t before_us);
+
+/* ---- watchlist.c: which sessions are watched ---- */
+
+/* The table and the scheduler, with the sessions the config lists. */
+int daemon_setup_sessions(Daemon *d);
+/* Plans the first request of every session that still needs one. */
+int daemon_schedule_all(Daemon *d);
+/* Stops watching session i at once: out of the scheduler, the table and
+ * (durably) the state. */
+void daemon_unwatch_session(Daemon *d, SessionIndex i);
+/* Drops finished run-time sessions past [poll] retain. */
+void daemon_retire_sessions(Daemon *d);
+
+/* ---- persist.c: the daemon's side of the state file ---- */
+
+/* Loads the state folder (before the loop runs). */
+int daemon_setup_state(Daemon *d);
+/* Makes session i's durable fields durable, after its events went out. */
+void daemon_persist(Daemon *d, SessionIndex i);
+void daemon_persist_watermark(Daemon *d, const char *key, int64_t newest_us);
+/* Writes the held sessions whose events are in the outboxes now (all of
+ * them with `all`). */
+void daemon_persist_release(Daemon *d, bool all);
+/* Room for the outbox marks of n webhooks. Returns 0 or -ENOMEM. */
+int daemon_persist_reserve(Daemon *d, size_t n_webhooks);
+/* Held writes stop waiting for sink s. */
+void daemon_persist_forget_sink(Daemon *d, const Sink *s);
+/* A webhook outbox wrote more records (sink_webhook_on_written()). */
+void daemon_persist_on_outbox_written(void *userdata);
+/* At a stop: what is written is written, the rest is left out. */
+void daemon_persist_stop(Daemon *d);
+void daemon_persist_done(Daemon *d);
+
+/* ---- service-status.c ---- */
+
+/* The STATUS= line told to the service manager (notify_init()). */
+void daemon_service_status(void *userdata, char *buf, size_t size);
+
+/* ---- reload.c ---- */
+
+typedef struct ReloadReport {
+        size_t added;
+        size_t removed;
+        size_t webhooks_added, webhooks_removed, webhooks_changed;
+        char restart_needed[256]; /* settings changed that only a restart applies, e.g. "[api] url" */
+} ReloadReport;
+
+/* A reload asked for by SIGHUP or `sessionwatchctl reload`, told to the
+ * service manager. Returns 0 or -errno, with the reasons in errbuf. */
+int daemon_reload_notified(Daemon *d, char *errbuf, size_t errlen, ReloadReport *rep);
+
+/* ---- control-commands.c ---- */
+
+/* The commands of the control socket, ending with an empty entry. */
+const ControlCommand *daemon_control_commands(void);
+/* The reply of the `status` control command. */
+struct json_object *daemon_status_json(Daemon *d);
 
 /* ---- daemon-metrics.c ---- */
 
@@ -281,5 +395,3 @@ void daemon_web_emit(Daemon *d, const Event *e);
 void daemon_web_learn_name(Daemon *d, SessionIndex i, const char *name);
 void daemon_web_forget(Daemon *d, SessionIndex i);
 void daemon_http_metrics(Daemon *d, MetricsText *m);
-/* The reply of the `status` control command. */
-struct json_object *daemon_status_json(Daemon *d);

@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
-
 #include <stdlib.h>
 #include <string.h>
 

@@ -1,6 +1,7 @@
 /* durable: the folder, the file, the atomic replace and the one-job-at-a-time
  * threadpool queue of the state file and the webhook outboxes. See
  * durable.h. */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -302,4 +303,45 @@ void durable_queue_destroy(DurableQueue *q)
 {
         uv_mutex_destroy(&q->lock);
         uv_cond_destroy(&q->cond);
+}
+
+/* ---- Teardown ---- */
+
+void durable_teardown_begin(DurableTeardown *t, void (*closed)(void *userdata), void *userdata)
+{
+        assert(!t->closing);
+        t->closing = true;
+        t->closed = closed;
+        t->closed_userdata = userdata;
+}
+
+/* Runs on the loop thread, once per handle being closed. */
+static void on_teardown_handle_closed(uv_handle_t *h)
+{
+        DurableTeardown *t = h->data;
+        void (*closed)(void *);
+        void *userdata;
+
+        if (--t->n_handles > 0)
+                return;
+        closed = t->closed;
+        userdata = t->closed_userdata;
+        t->release(t->owner); /* frees t too */
+        if (closed)
+                closed(userdata);
+}
+
+void durable_teardown_finish(DurableTeardown *t, int *fd, int *dir_fd, void (*release)(void *owner),
+                             void *owner, uv_handle_t *const *handles, unsigned n)
+{
+        durable_close_fd(fd);
+        durable_close_fd(dir_fd);
+        t->release = release;
+        t->owner = owner;
+        assert(n > 0);
+        t->n_handles = n;
+        for (unsigned i = 0; i < n; i++) {
+                handles[i]->data = t;
+                uv_close(handles[i], on_teardown_handle_closed);
+        }
 }

@@ -133,3 +133,26 @@ void durable_queue_wait(DurableQueue *q);
 
 /* Only when no job is in flight. */
 void durable_queue_destroy(DurableQueue *q);
+
+/* ---- Teardown ---- */
+
+/* The asynchronous end of a module with a file, its folder and libuv
+ * handles: the descriptors are closed first, then the handles; once the
+ * last handle is closed, `release(owner)` frees the module and then
+ * `closed(closed_userdata)` tells its user. */
+typedef struct DurableTeardown {
+        bool closing; /* durable_teardown_begin() was called */
+        unsigned n_handles;
+        void (*closed)(void *userdata);
+        void *closed_userdata;
+        void (*release)(void *owner);
+        void *owner;
+} DurableTeardown;
+
+/* Marks the module as closing and keeps `closed` (may be NULL) for later. */
+void durable_teardown_begin(DurableTeardown *t, void (*closed)(void *userdata), void *userdata);
+
+/* Closes *fd and *dir_fd (those that are open; both become -1), then the n
+ * handles (whose `data` it takes over). */
+void durable_teardown_finish(DurableTeardown *t, int *fd, int *dir_fd, void (*release)(void *owner),
+                             void *owner, uv_handle_t *const *handles, unsigned n);

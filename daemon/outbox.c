@@ -566,10 +566,8 @@ struct Outbox {
         unsigned failures;
 
         uv_timer_t sync_timer, retry_timer;
-        bool closing, final_started;
-        unsigned n_handles;
-        void (*closed)(void *userdata);
-        void *closed_userdata;
+        DurableTeardown teardown;
+        bool final_started;
 
         uint64_t appended, done, refills, compactions, write_errors;
         LogRateLimit error_rl;
@@ -956,7 +954,7 @@ static void apply_append(Outbox *o, Job *j)
                 o->sync_due = false;
         } else if (j->buf.len > 0) {
                 o->unsynced = true;
-                if (!uv_is_active((uv_handle_t *)&o->sync_timer) && !o->closing)
+                if (!uv_is_active((uv_handle_t *)&o->sync_timer) && !o->teardown.closing)
                         uv_timer_start(&o->sync_timer, on_sync_timer_fire, o->sync_interval_ms, 0);
         }
         j->buf.len = 0;
@@ -1070,7 +1068,7 @@ static void on_job_done(DurableQueue *q)
                 break;
         }
         job_free_copies(j);
-        if (o->closing) {
+        if (o->teardown.closing) {
                 if (o->final_started)
                         close_finish(o);
                 else
@@ -1201,7 +1199,7 @@ static void start_job(Outbox *o)
 {
         if (o->queue.in_flight || o->fd < 0)
                 return;
-        if (o->closing) {
+        if (o->teardown.closing) {
                 /* The last job: whatever is pending, written and synced. */
                 o->final_started = true;
                 if (o->pending.len > 0 || o->unsynced) {
@@ -1245,7 +1243,7 @@ int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64
         size_t before;
         int r;
 
-        if (o->closing)
+        if (o->teardown.closing)
                 return -ECANCELED;
         if (!id_valid(session_id, sid_len) || !id_valid(event_id, eid_len) || body_len == 0 ||
             memchr(body, '\n', body_len) || created_us < 0)
@@ -1320,7 +1318,7 @@ void outbox_done(Outbox *o, OutboxEntry *e)
 {
         int r;
 
-        assert(!o->closing || !o->final_started);
+        assert(!o->teardown.closing || !o->final_started);
         window_unlink(o, e);
         if (e->seq >= o->read_seq) {
                 /* Its E record lies past the read position: remember that it
@@ -1386,14 +1384,16 @@ bool outbox_busy(const Outbox *o)
 
 int outbox_unlink(Outbox *o)
 {
-        assert(!o->queue.in_flight && !o->closing);
+        assert(!o->queue.in_flight && !o->teardown.closing);
         if (unlinkat(o->dir_fd, o->file_name, 0) < 0 && errno != ENOENT)
                 return -errno;
         return 0;
 }
 
-static void outbox_free(Outbox *o)
+static void outbox_free(void *userdata)
 {
+        Outbox *o = userdata;
+
         free_entries(o->head);
         free_entries(o->job.first);
         job_free_copies(&o->job);
@@ -1408,36 +1408,17 @@ static void outbox_free(Outbox *o)
         free(o);
 }
 
-static void on_handle_closed(uv_handle_t *h)
-{
-        Outbox *o = h->data;
-        void (*closed)(void *);
-        void *userdata;
-
-        if (--o->n_handles > 0)
-                return;
-        closed = o->closed;
-        userdata = o->closed_userdata;
-        outbox_free(o);
-        if (closed)
-                closed(userdata);
-}
-
 static void close_finish(Outbox *o)
 {
-        durable_close_fd(&o->fd);
-        durable_close_fd(&o->dir_fd);
-        o->n_handles = 2;
-        uv_close((uv_handle_t *)&o->sync_timer, on_handle_closed);
-        uv_close((uv_handle_t *)&o->retry_timer, on_handle_closed);
+        durable_teardown_finish(
+            &o->teardown, &o->fd, &o->dir_fd, outbox_free, o,
+            (uv_handle_t *[]){(uv_handle_t *)&o->sync_timer, (uv_handle_t *)&o->retry_timer}, 2);
 }
 
 void outbox_close(Outbox *o, void (*closed)(void *userdata), void *userdata)
 {
-        assert(o && !o->closing);
-        o->closing = true;
-        o->closed = closed;
-        o->closed_userdata = userdata;
+        assert(o);
+        durable_teardown_begin(&o->teardown, closed, userdata);
         uv_timer_stop(&o->sync_timer);
         uv_timer_stop(&o->retry_timer);
         o->blocked = false;

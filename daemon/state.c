@@ -639,10 +639,7 @@ struct State {
         LogRateLimit ratelimit;
 
         bool handles_ready;
-        bool closing;
-        unsigned n_handles;
-        void (*closed)(void *userdata);
-        void *closed_userdata;
+        DurableTeardown teardown;
 
         /* Health. */
         int last_error;
@@ -692,13 +689,13 @@ static bool serializing_can_continue(const State *s)
  * syscall-free: it links the handle into a list. */
 static void kick(State *s)
 {
-        if (s->handles_ready && !s->closing)
+        if (s->handles_ready && !s->teardown.closing)
                 uv_idle_start(&s->idle, on_idle_run);
 }
 
 static void arm_retry(State *s)
 {
-        if (!s->handles_ready || s->closing || uv_is_active((uv_handle_t *)&s->retry_timer))
+        if (!s->handles_ready || s->teardown.closing || uv_is_active((uv_handle_t *)&s->retry_timer))
                 return;
         s->retry_ms = s->retry_ms ? s->retry_ms * 2 : s->retry_min_ms;
         if (s->retry_ms > s->retry_max_ms)
@@ -953,7 +950,7 @@ static void on_job_done(DurableQueue *q)
 
         s->job.run_us = q->run_us;
         job_apply(s, &s->job);
-        if (s->closing) {
+        if (s->teardown.closing) {
                 close_finish(s);
                 return;
         }
@@ -1031,7 +1028,7 @@ static void start_job(State *s)
         Job *j = &s->job;
         uint64_t now;
 
-        if (s->queue.in_flight || s->closing)
+        if (s->queue.in_flight || s->teardown.closing)
                 return;
 
         if (s->tmp_fd >= 0 && s->phase == PHASE_NONE) {
@@ -1300,7 +1297,7 @@ int state_compact(State *s)
         int r;
 
         assert(s);
-        if (s->closing)
+        if (s->teardown.closing)
                 return -ESHUTDOWN;
         r = compact_begin(s);
         if (r < 0)
@@ -1371,17 +1368,12 @@ int state_flush_sync(State *s)
         return r;
 }
 
-/* Runs on the loop thread, once per handle being closed. */
-static void on_handle_closed(uv_handle_t *h)
+/* Frees the State, once nothing refers to it (its handles are closed or
+ * were never initialized). */
+static void state_release(void *userdata)
 {
-        State *s = h->data;
-        void (*closed)(void *);
-        void *userdata;
+        State *s = userdata;
 
-        if (--s->n_handles > 0)
-                return;
-        closed = s->closed;
-        userdata = s->closed_userdata;
         buf_free(&s->pending);
         buf_free(&s->snap);
         buf_free(&s->post);
@@ -1391,27 +1383,21 @@ static void on_handle_closed(uv_handle_t *h)
         free(s->path);
         free(s->file_path);
         free(s);
-        if (closed)
-                closed(userdata);
 }
 
 static void close_finish(State *s)
 {
         durable_replace_abort(s->dir_fd, &s->tmp_fd, STATE_TMP);
-        durable_close_fd(&s->fd);
-        durable_close_fd(&s->dir_fd);
-        s->n_handles = 3;
-        uv_close((uv_handle_t *)&s->idle, on_handle_closed);
-        uv_close((uv_handle_t *)&s->sync_timer, on_handle_closed);
-        uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
+        durable_teardown_finish(&s->teardown, &s->fd, &s->dir_fd, state_release, s,
+                                (uv_handle_t *[]){(uv_handle_t *)&s->idle, (uv_handle_t *)&s->sync_timer,
+                                                  (uv_handle_t *)&s->retry_timer},
+                                3);
 }
 
 void state_close(State *s, void (*closed)(void *userdata), void *userdata)
 {
-        assert(s && !s->closing);
-        s->closing = true;
-        s->closed = closed;
-        s->closed_userdata = userdata;
+        assert(s);
+        durable_teardown_begin(&s->teardown, closed, userdata);
         uv_idle_stop(&s->idle);
         uv_timer_stop(&s->sync_timer);
         uv_timer_stop(&s->retry_timer);
@@ -1747,12 +1733,7 @@ static void free_unarmed(State *s)
 {
         durable_close_fd(&s->fd);
         durable_close_fd(&s->dir_fd);
-        buf_free(&s->pending);
-        durable_queue_destroy(&s->queue);
-        free(s->marks);
-        free(s->path);
-        free(s->file_path);
-        free(s);
+        state_release(s);
 }
 
 int state_open(uv_loop_t *loop, const StateOptions *o, const StateCallbacks *cb, void *userdata,

@@ -970,34 +970,34 @@ static void wait_job(State *s)
         job_apply(s, &s->job);
 }
 
-static void prepare_chunk_job(State *s, Job *j)
+/* Hands `from` and its record count over to the job, which is to write it
+ * to `fd`. */
+static void prepare_job(State *s, Job *j, JobKind kind, int fd, Buf *from, uint64_t *records)
 {
         job_reset_results(j);
-        j->kind = JOB_COMPACT_WRITE;
-        j->fd = s->tmp_fd;
+        j->kind = kind;
+        j->fd = fd;
         j->old_fd = -1;
         j->dir_fd = s->dir_fd;
         j->sync = false;
         j->move_aside = false;
-        buf_swap(&j->buf, &s->snap);
-        j->records = s->snap_records;
-        s->snap_records = 0;
+        buf_swap(&j->buf, from);
+        j->records = *records;
+        *records = 0;
+}
+
+static void prepare_chunk_job(State *s, Job *j)
+{
+        prepare_job(s, j, JOB_COMPACT_WRITE, s->tmp_fd, &s->snap, &s->snap_records);
 }
 
 /* The snapshot is complete: the records put since it started follow it, and
  * the backlog for the old file is no longer needed (the snapshot covers it). */
 static void prepare_finish_job(State *s, Job *j)
 {
-        job_reset_results(j);
-        j->kind = JOB_COMPACT_FINISH;
-        j->fd = s->tmp_fd;
+        prepare_job(s, j, JOB_COMPACT_FINISH, s->tmp_fd, &s->post, &s->post_records);
         j->old_fd = s->fd;
-        j->dir_fd = s->dir_fd;
-        j->sync = false;
         j->move_aside = s->move_aside;
-        buf_swap(&j->buf, &s->post);
-        j->records = s->post_records;
-        s->post_records = 0;
         s->phase = PHASE_FINISHING;
         buf_reset(&s->pending);
         s->pending_records = 0;
@@ -1005,16 +1005,8 @@ static void prepare_finish_job(State *s, Job *j)
 
 static void prepare_append_job(State *s, Job *j, bool sync)
 {
-        job_reset_results(j);
-        j->kind = JOB_APPEND;
-        j->fd = s->fd;
-        j->old_fd = -1;
-        j->dir_fd = s->dir_fd;
+        prepare_job(s, j, JOB_APPEND, s->fd, &s->pending, &s->pending_records);
         j->sync = sync;
-        j->move_aside = false;
-        buf_swap(&j->buf, &s->pending);
-        j->records = s->pending_records;
-        s->pending_records = 0;
 }
 
 static bool appendable(const State *s)

@@ -286,6 +286,7 @@ void durable_queue_submit(DurableQueue *q)
         q->in_flight = true;
         r = uv_queue_work(q->loop, &q->req, on_queue_work, on_queue_done);
         /* uv_queue_work() only fails for a NULL work callback. */
+        assert(r == 0);
         (void)r;
 }
 

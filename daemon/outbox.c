@@ -696,7 +696,7 @@ static void job_append(Job *j)
                         j->what = "write";
                         /* Take a partial line back off, so the retry appends
                          * to whole records. */
-                        (void)ftruncate(j->fd, (off_t)j->file_size);
+                        (void)durable_truncate(j->fd, (off_t)j->file_size, NULL);
                         return;
                 }
         }
@@ -706,7 +706,7 @@ static void job_append(Job *j)
                 /* The records go back to be written again: take this copy
                  * off, so the file holds each once and its size is what
                  * the loop thread believes. */
-                (void)ftruncate(j->fd, (off_t)j->file_size);
+                (void)durable_truncate(j->fd, (off_t)j->file_size, NULL);
         }
 }
 

@@ -525,6 +525,15 @@ static int buf_reserve(Buf *b, size_t extra)
         return 0;
 }
 
+static int buf_append(Buf *b, const char *p, size_t n)
+{
+        if (buf_reserve(b, n) < 0)
+                return -ENOMEM;
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+}
+
 /* Forgets the contents; keeps the memory unless it is large. */
 static void buf_reset(Buf *b)
 {
@@ -1193,17 +1202,13 @@ static int put_line(State *s, const char *line, size_t n)
                 return 0;
         }
         if (to_post) {
-                if (buf_reserve(&s->post, n) < 0)
+                if (buf_append(&s->post, line, n) < 0)
                         return -ENOMEM;
-                memcpy(s->post.data + s->post.len, line, n);
-                s->post.len += n;
                 s->post_records++;
         }
         if (to_pending) {
-                if (buf_reserve(&s->pending, n) < 0)
+                if (buf_append(&s->pending, line, n) < 0)
                         return -ENOMEM;
-                memcpy(s->pending.data + s->pending.len, line, n);
-                s->pending.len += n;
                 s->pending_records++;
         }
         if (s->pending.len > PENDING_MAX)

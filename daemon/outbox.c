@@ -41,8 +41,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
-#include "fdio.h"
+#include "durable.h"
 #include "log.h"
 #include "outbox.h"
 #include "state.h"
@@ -488,67 +489,6 @@ static int reader_next(LineReader *r, const char **ret, size_t *ret_len, uint64_
         }
 }
 
-static int open_folder(const char *path, int *ret_fd)
-{
-        char *copy;
-        int fd;
-
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT) {
-                copy = strdup(path);
-                if (!copy)
-                        return -ENOMEM;
-                for (char *p = copy + 1;; p++) {
-                        bool last = *p == '\0';
-
-                        if (*p != '/' && !last)
-                                continue;
-                        *p = '\0';
-                        if (mkdir(copy, 0700) < 0 && errno != EEXIST) {
-                                int r = -errno;
-                                free(copy);
-                                return r;
-                        }
-                        if (last)
-                                break;
-                        *p = '/';
-                }
-                free(copy);
-                fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        }
-        if (fd < 0)
-                return -errno;
-        *ret_fd = fd;
-        return 0;
-}
-
-/* Writes a complete new file into `tmp` (created), fsyncs it, renames it
- * over `name` and fsyncs the folder. *ret_fd is the new file, open for
- * appending. `fill` writes the content. */
-static int replace_file(int dir_fd, const char *name, const char *tmp, int (*fill)(void *userdata, int fd),
-                        void *userdata, int *ret_fd)
-{
-        int fd, r;
-
-        fd = openat(dir_fd, tmp, O_RDWR | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
-                return -errno;
-        r = fill(userdata, fd);
-        if (r >= 0 && fsync(fd) < 0)
-                r = -errno;
-        if (r >= 0 && renameat(dir_fd, tmp, dir_fd, name) < 0)
-                r = -errno;
-        if (r >= 0 && fsync(dir_fd) < 0)
-                r = -errno;
-        if (r < 0) {
-                close(fd);
-                (void)unlinkat(dir_fd, tmp, 0);
-                return r;
-        }
-        *ret_fd = fd;
-        return 0;
-}
-
 /* ---- The module ---- */
 
 typedef enum JobKind {
@@ -558,7 +498,6 @@ typedef enum JobKind {
 } JobKind;
 
 typedef struct Job {
-        uv_work_t req;
         JobKind kind;
         int fd, dir_fd;
         const char *name, *tmp_name;
@@ -620,17 +559,15 @@ struct Outbox {
         uint64_t pending_max_seq, pending_e, pending_d;
         bool unsynced, sync_due;
 
-        bool in_flight;
         Job job;
+        DurableQueue queue; /* runs `job` */
         bool blocked; /* a write failed: wait for the retry timer */
         bool degraded;
         unsigned failures;
 
         uv_timer_t sync_timer, retry_timer;
-        bool closing, final_started;
-        unsigned n_handles;
-        void (*closed)(void *userdata);
-        void *closed_userdata;
+        DurableTeardown teardown;
+        bool final_started;
 
         uint64_t appended, done, refills, compactions, write_errors;
         LogRateLimit error_rl;
@@ -753,23 +690,23 @@ static void job_append(Job *j)
         }
 
         if (j->buf.len > 0) {
-                r = fd_write_all(j->fd, j->buf.data, j->buf.len);
+                r = durable_write(j->fd, j->buf.data, j->buf.len, NULL, NULL);
                 if (r < 0) {
                         j->error = r;
                         j->what = "write";
                         /* Take a partial line back off, so the retry appends
                          * to whole records. */
-                        (void)ftruncate(j->fd, (off_t)j->file_size);
+                        (void)durable_truncate(j->fd, (off_t)j->file_size, NULL);
                         return;
                 }
         }
-        if (j->sync && fdatasync(j->fd) < 0) {
-                j->error = -errno;
+        if (j->sync && (r = durable_sync(j->fd, true, NULL)) < 0) {
+                j->error = r;
                 j->what = "fdatasync";
                 /* The records go back to be written again: take this copy
                  * off, so the file holds each once and its size is what
                  * the loop thread believes. */
-                (void)ftruncate(j->fd, (off_t)j->file_size);
+                (void)durable_truncate(j->fd, (off_t)j->file_size, NULL);
         }
 }
 
@@ -880,7 +817,7 @@ static int compact_fill(void *userdata, int fd)
         bool found = false;
         int r;
 
-        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0) {
+        if ((r = put_header(&head)) < 0 || (r = durable_write(fd, head.data, head.len, NULL, NULL)) < 0) {
                 buf_free(&head);
                 return r;
         }
@@ -900,7 +837,7 @@ static int compact_fill(void *userdata, int fd)
                         found = true;
                 }
                 /* The newline after the line is in the reader's buffer. */
-                r = fd_write_all(fd, line, len + 1);
+                r = durable_write(fd, line, len + 1, NULL, NULL);
                 if (r < 0)
                         break;
                 j->new_size += len + 1;
@@ -914,7 +851,7 @@ static int compact_fill(void *userdata, int fd)
 
 static void job_compact(Job *j)
 {
-        int r = replace_file(j->dir_fd, j->name, j->tmp_name, compact_fill, j, &j->new_fd);
+        int r = durable_replace(j->dir_fd, j->name, j->tmp_name, compact_fill, j, &j->new_fd);
 
         if (r < 0) {
                 j->error = r;
@@ -923,9 +860,9 @@ static void job_compact(Job *j)
         }
 }
 
-static void on_work_run(uv_work_t *req)
+static void on_job_run(DurableQueue *q)
 {
-        Job *j = req->data;
+        Job *j = &((Outbox *)q->userdata)->job;
 
         switch (j->kind) {
         case JOB_APPEND:
@@ -1017,7 +954,7 @@ static void apply_append(Outbox *o, Job *j)
                 o->sync_due = false;
         } else if (j->buf.len > 0) {
                 o->unsynced = true;
-                if (!uv_is_active((uv_handle_t *)&o->sync_timer) && !o->closing)
+                if (!uv_is_active((uv_handle_t *)&o->sync_timer) && !o->teardown.closing)
                         uv_timer_start(&o->sync_timer, on_sync_timer_fire, o->sync_interval_ms, 0);
         }
         j->buf.len = 0;
@@ -1111,13 +1048,12 @@ static void job_free_copies(Job *j)
 
 static void close_finish(Outbox *o);
 
-static void on_work_done(uv_work_t *req, int status)
+static void on_job_done(DurableQueue *q)
 {
-        Job *j = req->data;
-        Outbox *o = (Outbox *)((char *)j - offsetof(Outbox, job));
+        Outbox *o = q->userdata;
+        Job *j = &o->job;
         bool became_ready = false;
 
-        (void)status; /* jobs are never cancelled */
         switch (j->kind) {
         case JOB_APPEND:
                 became_ready = j->error == 0 && j->e_records > 0;
@@ -1132,8 +1068,7 @@ static void on_work_done(uv_work_t *req, int status)
                 break;
         }
         job_free_copies(j);
-        o->in_flight = false;
-        if (o->closing) {
+        if (o->teardown.closing) {
                 if (o->final_started)
                         close_finish(o);
                 else
@@ -1160,17 +1095,11 @@ static void job_reset(Outbox *o, Job *j, JobKind kind)
                    .test_delay_ms = o->test_delay_ms};
         j->buf = keep;
         j->buf.len = 0;
-        j->req.data = j;
 }
 
 static void submit(Outbox *o)
 {
-        int r = uv_queue_work(o->loop, &o->job.req, on_work_run, on_work_done);
-
-        /* uv_queue_work() only fails for a NULL work callback. */
-        assert(r == 0);
-        (void)r;
-        o->in_flight = true;
+        durable_queue_submit(&o->queue);
 }
 
 static void start_append(Outbox *o, bool sync)
@@ -1268,9 +1197,9 @@ static int start_compact(Outbox *o)
 /* Hands the next piece of work to the threadpool, when none is in flight. */
 static void start_job(Outbox *o)
 {
-        if (o->in_flight || o->fd < 0)
+        if (o->queue.in_flight || o->fd < 0)
                 return;
-        if (o->closing) {
+        if (o->teardown.closing) {
                 /* The last job: whatever is pending, written and synced. */
                 o->final_started = true;
                 if (o->pending.len > 0 || o->unsynced) {
@@ -1314,7 +1243,7 @@ int outbox_append(Outbox *o, const char *session_id, const char *event_id, int64
         size_t before;
         int r;
 
-        if (o->closing)
+        if (o->teardown.closing)
                 return -ECANCELED;
         if (!id_valid(session_id, sid_len) || !id_valid(event_id, eid_len) || body_len == 0 ||
             memchr(body, '\n', body_len) || created_us < 0)
@@ -1389,7 +1318,7 @@ void outbox_done(Outbox *o, OutboxEntry *e)
 {
         int r;
 
-        assert(!o->closing || !o->final_started);
+        assert(!o->teardown.closing || !o->final_started);
         window_unlink(o, e);
         if (e->seq >= o->read_seq) {
                 /* Its E record lies past the read position: remember that it
@@ -1450,19 +1379,21 @@ void outbox_stats(const Outbox *o, OutboxStats *ret)
 
 bool outbox_busy(const Outbox *o)
 {
-        return o->in_flight;
+        return o->queue.in_flight;
 }
 
 int outbox_unlink(Outbox *o)
 {
-        assert(!o->in_flight && !o->closing);
+        assert(!o->queue.in_flight && !o->teardown.closing);
         if (unlinkat(o->dir_fd, o->file_name, 0) < 0 && errno != ENOENT)
                 return -errno;
         return 0;
 }
 
-static void outbox_free(Outbox *o)
+static void outbox_free(void *userdata)
 {
+        Outbox *o = userdata;
+
         free_entries(o->head);
         free_entries(o->job.first);
         job_free_copies(&o->job);
@@ -1473,42 +1404,21 @@ static void outbox_free(Outbox *o)
         free(o->folder);
         free(o->file_name);
         free(o->tmp_name);
+        durable_queue_destroy(&o->queue);
         free(o);
-}
-
-static void on_handle_closed(uv_handle_t *h)
-{
-        Outbox *o = h->data;
-        void (*closed)(void *);
-        void *userdata;
-
-        if (--o->n_handles > 0)
-                return;
-        closed = o->closed;
-        userdata = o->closed_userdata;
-        outbox_free(o);
-        if (closed)
-                closed(userdata);
 }
 
 static void close_finish(Outbox *o)
 {
-        if (o->fd >= 0)
-                close(o->fd);
-        if (o->dir_fd >= 0)
-                close(o->dir_fd);
-        o->fd = o->dir_fd = -1;
-        o->n_handles = 2;
-        uv_close((uv_handle_t *)&o->sync_timer, on_handle_closed);
-        uv_close((uv_handle_t *)&o->retry_timer, on_handle_closed);
+        durable_teardown_finish(
+            &o->teardown, &o->fd, &o->dir_fd, outbox_free, o,
+            (uv_handle_t *[]){(uv_handle_t *)&o->sync_timer, (uv_handle_t *)&o->retry_timer}, 2);
 }
 
 void outbox_close(Outbox *o, void (*closed)(void *userdata), void *userdata)
 {
-        assert(o && !o->closing);
-        o->closing = true;
-        o->closed = closed;
-        o->closed_userdata = userdata;
+        assert(o);
+        durable_teardown_begin(&o->teardown, closed, userdata);
         uv_timer_stop(&o->sync_timer);
         uv_timer_stop(&o->retry_timer);
         o->blocked = false;
@@ -1657,7 +1567,7 @@ static int load_take(Loader *l, int out_fd)
                         continue;
                 at = out_fd >= 0 ? l->out_size : off;
                 if (out_fd >= 0) {
-                        r = fd_write_all(out_fd, line, len + 1);
+                        r = durable_write(out_fd, line, len + 1, NULL, NULL);
                         if (r < 0)
                                 break;
                         l->out_size += len + 1;
@@ -1702,7 +1612,7 @@ static int load_fill(void *userdata, int fd)
         Buf head = {};
         int r;
 
-        if ((r = put_header(&head)) < 0 || (r = fd_write_all(fd, head.data, head.len)) < 0) {
+        if ((r = put_header(&head)) < 0 || (r = durable_write(fd, head.data, head.len, NULL, NULL)) < 0) {
                 buf_free(&head);
                 return r;
         }
@@ -1723,28 +1633,13 @@ static void reset_window(Outbox *o)
 /* Renames the unreadable file aside, never replacing anything. */
 static int move_aside(Outbox *o, OutboxLoadReport *rep)
 {
-        char stamp[32], name[512];
-        struct tm tm;
-        time_t now = time(NULL);
+        char name[512];
+        int r = durable_move_aside(o->dir_fd, o->file_name, NULL, name, sizeof(name));
 
-        if (!gmtime_r(&now, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
-                return -EINVAL;
-        for (unsigned n = 0; n < 1000; n++) {
-                if (n == 0)
-                        snprintf(name, sizeof(name), "%s.corrupt-%s", o->file_name, stamp);
-                else
-                        snprintf(name, sizeof(name), "%s.corrupt-%s-%u", o->file_name, stamp, n);
-                if (linkat(o->dir_fd, o->file_name, o->dir_fd, name, 0) < 0) {
-                        if (errno == EEXIST)
-                                continue;
-                        return -errno;
-                }
-                if (unlinkat(o->dir_fd, o->file_name, 0) < 0)
-                        return -errno;
-                snprintf(rep->corrupt_path, sizeof(rep->corrupt_path), "%.255s/%.255s", o->folder, name);
-                return 0;
-        }
-        return -EEXIST;
+        if (r < 0)
+                return r;
+        snprintf(rep->corrupt_path, sizeof(rep->corrupt_path), "%.255s/%.255s", o->folder, name);
+        return 0;
 }
 
 static int write_fresh(void *userdata, int fd)
@@ -1754,7 +1649,7 @@ static int write_fresh(void *userdata, int fd)
         int r = put_header(&head);
 
         if (r >= 0)
-                r = fd_write_all(fd, head.data, head.len);
+                r = durable_write(fd, head.data, head.len, NULL, NULL);
         l->out_size = head.len;
         buf_free(&head);
         return r;
@@ -1798,7 +1693,7 @@ static int load(Outbox *o, OutboxLoadReport *rep)
         }
 
         if (fd < 0) {
-                r = replace_file(o->dir_fd, o->file_name, o->tmp_name, write_fresh, &l, &o->fd);
+                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, write_fresh, &l, &o->fd);
                 if (r < 0)
                         goto out;
                 o->file_size = l.out_size;
@@ -1810,7 +1705,7 @@ static int load(Outbox *o, OutboxLoadReport *rep)
         l.in_fd = fd;
         l.rewrite = l.n_done > 0 || rep->torn_bytes > 0;
         if (l.rewrite) {
-                r = replace_file(o->dir_fd, o->file_name, o->tmp_name, load_fill, &l, &o->fd);
+                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, load_fill, &l, &o->fd);
                 close(fd);
                 if (r < 0) {
                         reset_window(o);
@@ -1871,6 +1766,10 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *u
         o = calloc(1, sizeof(*o));
         if (!o)
                 return -ENOMEM;
+        if (durable_queue_init(&o->queue, loop, on_job_run, on_job_done, o) < 0) {
+                free(o);
+                return -ENOMEM;
+        }
         o->loop = loop;
         o->fd = o->dir_fd = -1;
         o->ready = ready;
@@ -1900,7 +1799,7 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *u
         r = countmap_init(&o->counts, o->window_max);
         if (r < 0)
                 goto fail;
-        r = open_folder(o->folder, &o->dir_fd);
+        r = durable_open_folder(o->folder, NULL, &o->dir_fd);
         if (r < 0)
                 goto fail;
         r = load(o, rep);
@@ -1910,14 +1809,11 @@ int outbox_open(uv_loop_t *loop, const OutboxOptions *opt, void (*ready)(void *u
         uv_timer_init(loop, &o->sync_timer);
         uv_timer_init(loop, &o->retry_timer);
         o->sync_timer.data = o->retry_timer.data = o;
-        o->job.req.data = &o->job;
         *ret = o;
         return 0;
 fail:
-        if (o->fd >= 0)
-                close(o->fd);
-        if (o->dir_fd >= 0)
-                close(o->dir_fd);
+        durable_close_fd(&o->fd);
+        durable_close_fd(&o->dir_fd);
         outbox_free(o);
         return r;
 }

@@ -41,7 +41,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
+
+typedef struct uv_loop_s uv_loop_t;
 
 #define OUTBOX_FORMAT_VERSION 1
 #define OUTBOX_ID_MAX 64                          /* session and event ids: [A-Za-z0-9_-] */

@@ -32,7 +32,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
+#include "durable.h"
 #include "log.h"
 #include "state.h"
 
@@ -482,7 +484,7 @@ int state_parse_line(const char *line, size_t len, StateRecord *ret)
         return parse_line(line, len, true, ret);
 }
 
-/* ---- Syscall wrappers (with the test hook) ---- */
+/* ---- The test hook ---- */
 
 static int (*fault_hook)(const char *op);
 
@@ -496,149 +498,6 @@ static int fault(const char *op)
         int (*hook)(const char *) = __atomic_load_n(&fault_hook, __ATOMIC_SEQ_CST);
 
         return hook ? hook(op) : 0;
-}
-
-static int sys_openat(int dir_fd, const char *name, int flags, mode_t mode)
-{
-        int r = fault("open");
-        int fd;
-
-        if (r < 0)
-                return r;
-        fd = openat(dir_fd, name, flags, mode);
-        return fd < 0 ? -errno : fd;
-}
-
-static int sys_fsync(int fd, bool data_only)
-{
-        int r = fault(data_only ? "fdatasync" : "fsync");
-
-        if (r < 0)
-                return r;
-        if ((data_only ? fdatasync(fd) : fsync(fd)) < 0)
-                return -errno;
-        return 0;
-}
-
-static int sys_ftruncate(int fd, off_t size)
-{
-        int r = fault("ftruncate");
-
-        if (r < 0)
-                return r;
-        return ftruncate(fd, size) < 0 ? -errno : 0;
-}
-
-/* Writes all of buf, retrying short writes; *ret_written says how far it
- * got even on failure (a partial line is then on disk). */
-static int write_all(int fd, const char *buf, size_t n, size_t *ret_written)
-{
-        size_t done = 0;
-        int r = fault("write");
-
-        *ret_written = 0;
-        if (r < 0)
-                return r;
-        while (done < n) {
-                ssize_t k = write(fd, buf + done, n - done);
-
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        *ret_written = done;
-                        return -errno;
-                }
-                if (k == 0) {
-                        *ret_written = done;
-                        return -EIO;
-                }
-                done += (size_t)k;
-        }
-        *ret_written = done;
-        return 0;
-}
-
-/* Creates the folder and missing parents (mode 0700) and opens it. */
-static int open_folder(const char *path, int *ret_fd)
-{
-        char *copy;
-        int fd, r;
-
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd >= 0) {
-                *ret_fd = fd;
-                return 0;
-        }
-        if (errno != ENOENT)
-                return -errno;
-
-        copy = strdup(path);
-        if (!copy)
-                return -ENOMEM;
-        for (char *p = copy + 1;; p++) {
-                bool last = *p == '\0';
-
-                if (*p != '/' && !last)
-                        continue;
-                *p = '\0';
-                r = fault("mkdir");
-                if (r == 0 && mkdir(copy, 0700) < 0 && errno != EEXIST)
-                        r = -errno;
-                if (r < 0) {
-                        free(copy);
-                        return r;
-                }
-                if (last)
-                        break;
-                *p = '/';
-        }
-        free(copy);
-
-        fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd < 0)
-                return -errno;
-        *ret_fd = fd;
-        return 0;
-}
-
-/* Renames the unreadable `state` to `state.corrupt-<UTC time>`, never
- * replacing an existing file: a second corrupt file within the same second
- * gets a numbered name. */
-static int move_aside(int dir_fd, char *ret_name, size_t size)
-{
-        char stamp[32];
-        struct tm tm;
-        time_t now = time(NULL);
-        int r;
-
-        if (!gmtime_r(&now, &tm) || strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm) == 0)
-                return -EINVAL;
-        r = fault("rename");
-        if (r < 0)
-                return r;
-        for (unsigned n = 0; n < 1000; n++) {
-                if (n == 0)
-                        snprintf(ret_name, size, "%s.corrupt-%s", STATE_FILE, stamp);
-                else
-                        snprintf(ret_name, size, "%s.corrupt-%s-%u", STATE_FILE, stamp, n);
-                if (renameat2(dir_fd, STATE_FILE, dir_fd, ret_name, RENAME_NOREPLACE) == 0)
-                        return 0;
-                if (errno == EEXIST)
-                        continue;
-                if (errno != EINVAL && errno != ENOSYS)
-                        return -errno;
-                /* A file system without RENAME_NOREPLACE: link() refuses to
-                 * replace too; only then does the old name go. */
-                if (linkat(dir_fd, STATE_FILE, dir_fd, ret_name, 0) < 0) {
-                        if (errno == EEXIST)
-                                continue;
-                        return -errno;
-                }
-                if (unlinkat(dir_fd, STATE_FILE, 0) < 0)
-                        return -errno;
-                return 0;
-        }
-        return -EEXIST;
 }
 
 /* ---- The module ---- */
@@ -663,6 +522,15 @@ static int buf_reserve(Buf *b, size_t extra)
                 return -ENOMEM;
         b->data = p;
         b->cap = cap;
+        return 0;
+}
+
+static int buf_append(Buf *b, const char *p, size_t n)
+{
+        if (buf_reserve(b, n) < 0)
+                return -ENOMEM;
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
         return 0;
 }
 
@@ -711,7 +579,6 @@ typedef enum JobKind {
 } JobKind;
 
 typedef struct Job {
-        uv_work_t req;
         JobKind kind;
         Buf buf;
         uint64_t records;
@@ -731,7 +598,6 @@ typedef struct Job {
         bool moved_aside;
         char aside_name[64];
 
-        bool done;    /* the worker is finished (under State.lock) */
         bool applied; /* the results were taken in (loop thread) */
         /* How long the worker spent on it (for the metrics). */
         uint64_t run_us;
@@ -773,9 +639,7 @@ struct State {
         uint64_t compact_start_ns;
 
         Job job;
-        bool in_flight;
-        uv_mutex_t lock;
-        uv_cond_t cond;
+        DurableQueue queue; /* runs `job` */
 
         uv_idle_t idle;
         uv_timer_t sync_timer;
@@ -784,10 +648,7 @@ struct State {
         LogRateLimit ratelimit;
 
         bool handles_ready;
-        bool closing;
-        unsigned n_handles;
-        void (*closed)(void *userdata);
-        void *closed_userdata;
+        DurableTeardown teardown;
 
         /* Health. */
         int last_error;
@@ -837,13 +698,13 @@ static bool serializing_can_continue(const State *s)
  * syscall-free: it links the handle into a list. */
 static void kick(State *s)
 {
-        if (s->handles_ready && !s->closing)
+        if (s->handles_ready && !s->teardown.closing)
                 uv_idle_start(&s->idle, on_idle_run);
 }
 
 static void arm_retry(State *s)
 {
-        if (!s->handles_ready || s->closing || uv_is_active((uv_handle_t *)&s->retry_timer))
+        if (!s->handles_ready || s->teardown.closing || uv_is_active((uv_handle_t *)&s->retry_timer))
                 return;
         s->retry_ms = s->retry_ms ? s->retry_ms * 2 : s->retry_min_ms;
         if (s->retry_ms > s->retry_max_ms)
@@ -885,9 +746,24 @@ static void job_reset_results(Job *j)
         j->renamed = false;
         j->moved_aside = false;
         j->aside_name[0] = '\0';
-        j->done = false;
         j->applied = false;
         j->run_us = 0;
+}
+
+/* Before the rename of a rewrite: an unreadable file still at `state` is
+ * moved aside, never replaced. */
+static int move_aside_before_rename(void *userdata, int dir_fd)
+{
+        Job *j = userdata;
+        int r;
+
+        if (!j->move_aside)
+                return 0;
+        r = durable_move_aside(dir_fd, STATE_FILE, fault, j->aside_name, sizeof(j->aside_name));
+        if (r == -ENOENT)
+                return 0;
+        j->moved_aside = r == 0;
+        return r;
 }
 
 /* Runs in a threadpool thread (or on the loop thread from
@@ -895,18 +771,19 @@ static void job_reset_results(Job *j)
  * happens here. */
 static void job_run(const char *path, Job *j)
 {
+        DurableStep step;
         int dir_fd = j->dir_fd, fd = j->fd, r;
 
         switch (j->kind) {
         case JOB_APPEND:
-                r = write_all(fd, j->buf.data, j->buf.len, &j->written);
+                r = durable_write(fd, j->buf.data, j->buf.len, &j->written, fault);
                 if (r < 0) {
                         j->error = r;
                         j->what = "write";
                         return;
                 }
                 if (j->sync) {
-                        r = sys_fsync(fd, true);
+                        r = durable_sync(fd, true, fault);
                         if (r < 0) {
                                 j->error = r;
                                 j->what = "fdatasync";
@@ -917,7 +794,7 @@ static void job_run(const char *path, Job *j)
         case JOB_COMPACT_WRITE:
         case JOB_COMPACT_FINISH:
                 if (dir_fd < 0) {
-                        r = open_folder(path, &dir_fd);
+                        r = durable_open_folder(path, fault, &dir_fd);
                         if (r < 0) {
                                 j->error = r;
                                 j->what = "create the folder of";
@@ -926,9 +803,7 @@ static void job_run(const char *path, Job *j)
                         j->new_dir_fd = dir_fd;
                 }
                 if (fd < 0) {
-                        (void)unlinkat(dir_fd, STATE_TMP, 0);
-                        fd = sys_openat(dir_fd, STATE_TMP,
-                                        O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+                        fd = durable_replace_begin(dir_fd, STATE_TMP, fault);
                         if (fd < 0) {
                                 j->error = fd;
                                 j->what = "create the temporary copy of";
@@ -936,7 +811,7 @@ static void job_run(const char *path, Job *j)
                         }
                         j->new_fd = fd;
                 }
-                r = write_all(fd, j->buf.data, j->buf.len, &j->written);
+                r = durable_write(fd, j->buf.data, j->buf.len, &j->written, fault);
                 if (r < 0) {
                         j->error = r;
                         j->what = "write the temporary copy of";
@@ -945,39 +820,22 @@ static void job_run(const char *path, Job *j)
                 if (j->kind == JOB_COMPACT_WRITE)
                         return;
 
-                r = sys_fsync(fd, false);
+                r = durable_replace_commit(dir_fd, fd, STATE_TMP, STATE_FILE, fault,
+                                           move_aside_before_rename, j, &step);
+                if (step == DURABLE_STEP_NONE || step == DURABLE_STEP_SYNC_FOLDER) {
+                        j->renamed = true;
+                        if (j->old_fd >= 0)
+                                close(j->old_fd);
+                } else
+                        j->new_fd = -1; /* closed and removed */
                 if (r < 0) {
                         j->error = r;
-                        j->what = "fsync the temporary copy of";
-                        break;
-                }
-                if (j->move_aside) {
-                        r = move_aside(dir_fd, j->aside_name, sizeof(j->aside_name));
-                        if (r < 0 && r != -ENOENT) {
-                                j->error = r;
-                                j->what = "move aside the unreadable";
-                                break;
-                        }
-                        j->moved_aside = r == 0;
-                }
-                r = fault("rename");
-                if (r == 0 && renameat(dir_fd, STATE_TMP, dir_fd, STATE_FILE) < 0)
-                        r = -errno;
-                if (r < 0) {
-                        j->error = r;
-                        j->what = "rename the temporary copy over";
-                        break;
-                }
-                j->renamed = true;
-                if (j->old_fd >= 0)
-                        close(j->old_fd);
-                /* The new file is complete; without this the rename itself
-                 * might not survive a crash (the old file would, which is
-                 * still consistent, so this failure is only counted). */
-                r = sys_fsync(dir_fd, false);
-                if (r < 0) {
-                        j->error = r;
-                        j->what = "fsync the folder of";
+                        j->what = step == DURABLE_STEP_SYNC      ? "fsync the temporary copy of"
+                                  : step == DURABLE_STEP_PREPARE ? "move aside the unreadable"
+                                  : step == DURABLE_STEP_RENAME  ? "rename the temporary copy over"
+                                                                 : "fsync the folder of";
+                        /* A failed folder sync is only counted: the old file
+                         * would survive a crash, and it is consistent too. */
                 }
                 return;
 
@@ -986,25 +844,16 @@ static void job_run(const char *path, Job *j)
         }
 
         /* A rewrite that failed or was abandoned: its temporary file goes. */
-        if (fd >= 0) {
-                close(fd);
-                (void)unlinkat(dir_fd, STATE_TMP, 0);
-        }
+        durable_replace_abort(dir_fd, &fd, STATE_TMP);
         j->new_fd = -1;
 }
 
 /* Runs in a threadpool thread. */
-static void on_work_run(uv_work_t *req)
+static void on_job_run(DurableQueue *q)
 {
-        State *s = req->data;
-        uint64_t start = uv_hrtime();
+        State *s = q->userdata;
 
         job_run(s->path, &s->job);
-        s->job.run_us = (uv_hrtime() - start) / 1000;
-        uv_mutex_lock(&s->lock);
-        s->job.done = true;
-        uv_cond_signal(&s->cond);
-        uv_mutex_unlock(&s->lock);
 }
 
 static void compaction_reset(State *s)
@@ -1104,14 +953,13 @@ static void job_apply(State *s, Job *j)
 }
 
 /* Runs on the loop thread when the threadpool is done with the job. */
-static void on_work_done(uv_work_t *req, int status)
+static void on_job_done(DurableQueue *q)
 {
-        State *s = req->data;
+        State *s = q->userdata;
 
-        (void)status; /* never cancelled */
+        s->job.run_us = q->run_us;
         job_apply(s, &s->job);
-        s->in_flight = false;
-        if (s->closing) {
+        if (s->teardown.closing) {
                 close_finish(s);
                 return;
         }
@@ -1124,43 +972,41 @@ static void on_work_done(uv_work_t *req, int status)
  * only for state_flush_sync(), at a stop. */
 static void wait_job(State *s)
 {
-        if (!s->in_flight || s->job.applied)
+        if (!s->queue.in_flight || s->job.applied)
                 return;
-        uv_mutex_lock(&s->lock);
-        while (!s->job.done)
-                uv_cond_wait(&s->cond, &s->lock);
-        uv_mutex_unlock(&s->lock);
+        durable_queue_wait(&s->queue);
+        s->job.run_us = s->queue.run_us;
         job_apply(s, &s->job);
 }
 
-static void prepare_chunk_job(State *s, Job *j)
+/* Hands `from` and its record count over to the job, which is to write it
+ * to `fd`. */
+static void prepare_job(State *s, Job *j, JobKind kind, int fd, Buf *from, uint64_t *records)
 {
         job_reset_results(j);
-        j->kind = JOB_COMPACT_WRITE;
-        j->fd = s->tmp_fd;
+        j->kind = kind;
+        j->fd = fd;
         j->old_fd = -1;
         j->dir_fd = s->dir_fd;
         j->sync = false;
         j->move_aside = false;
-        buf_swap(&j->buf, &s->snap);
-        j->records = s->snap_records;
-        s->snap_records = 0;
+        buf_swap(&j->buf, from);
+        j->records = *records;
+        *records = 0;
+}
+
+static void prepare_chunk_job(State *s, Job *j)
+{
+        prepare_job(s, j, JOB_COMPACT_WRITE, s->tmp_fd, &s->snap, &s->snap_records);
 }
 
 /* The snapshot is complete: the records put since it started follow it, and
  * the backlog for the old file is no longer needed (the snapshot covers it). */
 static void prepare_finish_job(State *s, Job *j)
 {
-        job_reset_results(j);
-        j->kind = JOB_COMPACT_FINISH;
-        j->fd = s->tmp_fd;
+        prepare_job(s, j, JOB_COMPACT_FINISH, s->tmp_fd, &s->post, &s->post_records);
         j->old_fd = s->fd;
-        j->dir_fd = s->dir_fd;
-        j->sync = false;
         j->move_aside = s->move_aside;
-        buf_swap(&j->buf, &s->post);
-        j->records = s->post_records;
-        s->post_records = 0;
         s->phase = PHASE_FINISHING;
         buf_reset(&s->pending);
         s->pending_records = 0;
@@ -1168,16 +1014,8 @@ static void prepare_finish_job(State *s, Job *j)
 
 static void prepare_append_job(State *s, Job *j, bool sync)
 {
-        job_reset_results(j);
-        j->kind = JOB_APPEND;
-        j->fd = s->fd;
-        j->old_fd = -1;
-        j->dir_fd = s->dir_fd;
+        prepare_job(s, j, JOB_APPEND, s->fd, &s->pending, &s->pending_records);
         j->sync = sync;
-        j->move_aside = false;
-        buf_swap(&j->buf, &s->pending);
-        j->records = s->pending_records;
-        s->pending_records = 0;
 }
 
 static bool appendable(const State *s)
@@ -1191,7 +1029,7 @@ static void start_job(State *s)
         Job *j = &s->job;
         uint64_t now;
 
-        if (s->in_flight || s->closing)
+        if (s->queue.in_flight || s->teardown.closing)
                 return;
 
         if (s->tmp_fd >= 0 && s->phase == PHASE_NONE) {
@@ -1220,8 +1058,7 @@ static void start_job(State *s)
         } else
                 return;
 
-        s->in_flight = true;
-        uv_queue_work(s->loop, &j->req, on_work_run, on_work_done);
+        durable_queue_submit(&s->queue);
 }
 
 /* Formats up to chunk_records live sessions (or CHUNK_MAX_US worth) into the
@@ -1280,7 +1117,7 @@ static int compact_begin(State *s)
         /* Also while an abandoned rewrite is being cleaned up: its
          * temporary file must be gone before a new one is created. */
         if (s->phase != PHASE_NONE || s->tmp_fd >= 0 ||
-            (s->in_flight && !s->job.applied && s->job.kind != JOB_APPEND))
+            (s->queue.in_flight && !s->job.applied && s->job.kind != JOB_APPEND))
                 return -EALREADY;
         if (buf_reserve(&s->snap, STATE_LINE_MAX) < 0)
                 return -ENOMEM;
@@ -1365,17 +1202,13 @@ static int put_line(State *s, const char *line, size_t n)
                 return 0;
         }
         if (to_post) {
-                if (buf_reserve(&s->post, n) < 0)
+                if (buf_append(&s->post, line, n) < 0)
                         return -ENOMEM;
-                memcpy(s->post.data + s->post.len, line, n);
-                s->post.len += n;
                 s->post_records++;
         }
         if (to_pending) {
-                if (buf_reserve(&s->pending, n) < 0)
+                if (buf_append(&s->pending, line, n) < 0)
                         return -ENOMEM;
-                memcpy(s->pending.data + s->pending.len, line, n);
-                s->pending.len += n;
                 s->pending_records++;
         }
         if (s->pending.len > PENDING_MAX)
@@ -1384,7 +1217,7 @@ static int put_line(State *s, const char *line, size_t n)
                 compaction_reset(s);
                 fail(s, -ENOBUFS, "keep up with the rewrite of");
         }
-        if (!s->in_flight)
+        if (!s->queue.in_flight)
                 kick(s);
         return 0;
 }
@@ -1461,7 +1294,7 @@ int state_compact(State *s)
         int r;
 
         assert(s);
-        if (s->closing)
+        if (s->teardown.closing)
                 return -ESHUTDOWN;
         r = compact_begin(s);
         if (r < 0)
@@ -1518,11 +1351,7 @@ int state_flush_sync(State *s)
                  * were appended to it meanwhile), once the backlog is in. */
                 compaction_reset(s);
         }
-        if (s->tmp_fd >= 0) {
-                close(s->tmp_fd);
-                s->tmp_fd = -1;
-                (void)unlinkat(s->dir_fd, STATE_TMP, 0);
-        }
+        durable_replace_abort(s->dir_fd, &s->tmp_fd, STATE_TMP);
         if (s->stale || s->fd < 0 || s->move_aside)
                 return rewrite_sync(s);
         if (s->pending.len == 0 && !s->unsynced)
@@ -1536,59 +1365,40 @@ int state_flush_sync(State *s)
         return r;
 }
 
-/* Runs on the loop thread, once per handle being closed. */
-static void on_handle_closed(uv_handle_t *h)
+/* Frees the State, once nothing refers to it (its handles are closed or
+ * were never initialized). */
+static void state_release(void *userdata)
 {
-        State *s = h->data;
-        void (*closed)(void *);
-        void *userdata;
+        State *s = userdata;
 
-        if (--s->n_handles > 0)
-                return;
-        closed = s->closed;
-        userdata = s->closed_userdata;
         buf_free(&s->pending);
         buf_free(&s->snap);
         buf_free(&s->post);
         buf_free(&s->job.buf);
-        uv_mutex_destroy(&s->lock);
-        uv_cond_destroy(&s->cond);
+        durable_queue_destroy(&s->queue);
         free(s->marks);
         free(s->path);
         free(s->file_path);
         free(s);
-        if (closed)
-                closed(userdata);
 }
 
 static void close_finish(State *s)
 {
-        if (s->tmp_fd >= 0) {
-                close(s->tmp_fd);
-                (void)unlinkat(s->dir_fd, STATE_TMP, 0);
-                s->tmp_fd = -1;
-        }
-        if (s->fd >= 0)
-                close(s->fd);
-        if (s->dir_fd >= 0)
-                close(s->dir_fd);
-        s->fd = s->dir_fd = -1;
-        s->n_handles = 3;
-        uv_close((uv_handle_t *)&s->idle, on_handle_closed);
-        uv_close((uv_handle_t *)&s->sync_timer, on_handle_closed);
-        uv_close((uv_handle_t *)&s->retry_timer, on_handle_closed);
+        durable_replace_abort(s->dir_fd, &s->tmp_fd, STATE_TMP);
+        durable_teardown_finish(&s->teardown, &s->fd, &s->dir_fd, state_release, s,
+                                (uv_handle_t *[]){(uv_handle_t *)&s->idle, (uv_handle_t *)&s->sync_timer,
+                                                  (uv_handle_t *)&s->retry_timer},
+                                3);
 }
 
 void state_close(State *s, void (*closed)(void *userdata), void *userdata)
 {
-        assert(s && !s->closing);
-        s->closing = true;
-        s->closed = closed;
-        s->closed_userdata = userdata;
+        assert(s);
+        durable_teardown_begin(&s->teardown, closed, userdata);
         uv_idle_stop(&s->idle);
         uv_timer_stop(&s->sync_timer);
         uv_timer_stop(&s->retry_timer);
-        if (!s->in_flight)
+        if (!s->queue.in_flight)
                 close_finish(s);
 }
 
@@ -1731,15 +1541,15 @@ static int write_header(State *s)
         size_t written;
         int r;
 
-        r = write_all(s->fd, header, (size_t)k, &written);
+        r = durable_write(s->fd, header, (size_t)k, &written, fault);
         s->file_bytes += written;
         if (r < 0) {
                 fail(s, r, "write");
                 return r;
         }
-        r = sys_fsync(s->fd, false);
+        r = durable_sync(s->fd, false, fault);
         if (r == 0)
-                r = sys_fsync(s->dir_fd, false);
+                r = durable_sync(s->dir_fd, false, fault);
         if (r < 0) {
                 fail(s, r, "fsync");
                 return r;
@@ -1751,7 +1561,8 @@ static int write_header(State *s)
 
 static int create_fresh(State *s)
 {
-        int fd = sys_openat(s->dir_fd, STATE_FILE, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+        int fd = durable_openat(s->dir_fd, STATE_FILE, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC,
+                                0600, fault);
 
         if (fd < 0) {
                 fail(s, fd, "create");
@@ -1775,7 +1586,7 @@ static void handle_corrupt(State *s, StateLoadReport *rep)
                 s->move_aside = true;
                 return;
         }
-        r = move_aside(s->dir_fd, name, sizeof(name));
+        r = durable_move_aside(s->dir_fd, STATE_FILE, fault, name, sizeof(name));
         if (r < 0) {
                 /* It stays where it is, and is moved before anything replaces it. */
                 s->move_aside = true;
@@ -1786,7 +1597,7 @@ static void handle_corrupt(State *s, StateLoadReport *rep)
         snprintf(s->corrupt_path, sizeof(s->corrupt_path), "%s/%s", s->path, name);
         rep->corrupt_path = s->corrupt_path;
         log_error("Moved it aside to '%s' and started with empty state.", s->corrupt_path);
-        (void)sys_fsync(s->dir_fd, false);
+        (void)durable_sync(s->dir_fd, false, fault);
         (void)create_fresh(s);
 }
 
@@ -1806,7 +1617,7 @@ static int load(State *s, StateLoadReport *rep)
         /* A rewrite that a crash interrupted: `state` is still complete. */
         (void)unlinkat(s->dir_fd, STATE_TMP, 0);
 
-        fd = sys_openat(s->dir_fd, STATE_FILE, O_RDWR | O_APPEND | O_CLOEXEC, 0);
+        fd = durable_openat(s->dir_fd, STATE_FILE, O_RDWR | O_APPEND | O_CLOEXEC, 0, fault);
         if (fd == -ENOENT) {
                 rep->fresh = true;
                 (void)create_fresh(s);
@@ -1885,9 +1696,9 @@ static int load(State *s, StateLoadReport *rep)
                 if (writable) {
                         /* Cut it off now, and durably: appending after it
                          * would turn it into a corrupt record in the middle. */
-                        r = sys_ftruncate(fd, (off_t)sc.valid_end);
+                        r = durable_truncate(fd, (off_t)sc.valid_end, fault);
                         if (r == 0)
-                                r = sys_fsync(fd, false);
+                                r = durable_sync(fd, false, fault);
                         if (r < 0) {
                                 fail(s, r, "truncate the torn end of");
                                 writable = false;
@@ -1917,17 +1728,9 @@ finish:
 /* Frees a State whose handles were never initialized. */
 static void free_unarmed(State *s)
 {
-        if (s->fd >= 0)
-                close(s->fd);
-        if (s->dir_fd >= 0)
-                close(s->dir_fd);
-        buf_free(&s->pending);
-        uv_mutex_destroy(&s->lock);
-        uv_cond_destroy(&s->cond);
-        free(s->marks);
-        free(s->path);
-        free(s->file_path);
-        free(s);
+        durable_close_fd(&s->fd);
+        durable_close_fd(&s->dir_fd);
+        state_release(s);
 }
 
 int state_open(uv_loop_t *loop, const StateOptions *o, const StateCallbacks *cb, void *userdata,
@@ -1956,7 +1759,6 @@ int state_open(uv_loop_t *loop, const StateOptions *o, const StateCallbacks *cb,
                 s->retry_max_ms = s->retry_min_ms;
         s->ratelimit = (LogRateLimit)LOG_RATELIMIT_INIT(60000, 3);
         s->dir_fd = s->fd = s->tmp_fd = -1;
-        s->job.req.data = s;
         s->job.applied = true;
         s->path = strdup(o->path);
         if (!s->path || asprintf(&s->file_path, "%s/%s", o->path, STATE_FILE) < 0) {
@@ -1964,21 +1766,14 @@ int state_open(uv_loop_t *loop, const StateOptions *o, const StateCallbacks *cb,
                 free(s);
                 return -ENOMEM;
         }
-        if (uv_mutex_init(&s->lock) < 0) {
-                free(s->path);
-                free(s->file_path);
-                free(s);
-                return -ENOMEM;
-        }
-        if (uv_cond_init(&s->cond) < 0) {
-                uv_mutex_destroy(&s->lock);
+        if (durable_queue_init(&s->queue, loop, on_job_run, on_job_done, s) < 0) {
                 free(s->path);
                 free(s->file_path);
                 free(s);
                 return -ENOMEM;
         }
 
-        r = open_folder(s->path, &s->dir_fd);
+        r = durable_open_folder(s->path, fault, &s->dir_fd);
         if (r < 0) {
                 s->dir_fd = -1;
                 fail(s, r, "open the folder of");

@@ -57,7 +57,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <uv.h>
+
+typedef struct uv_loop_s uv_loop_t;
 
 #define STATE_FORMAT_VERSION 2
 #define STATE_ID_MAX 64       /* bytes of [A-Za-z0-9_-] */

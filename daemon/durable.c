@@ -178,12 +178,12 @@ int durable_replace_commit(int dir_fd, int tmp_fd, const char *tmp, const char *
 }
 
 int durable_replace(int dir_fd, const char *name, const char *tmp, int (*fill)(void *userdata, int fd),
-                    void *userdata, int *ret_fd)
+                    void *userdata, DurableFault fault, int *ret_fd)
 {
         DurableStep step;
         int fd, r;
 
-        fd = durable_replace_begin(dir_fd, tmp, NULL);
+        fd = durable_replace_begin(dir_fd, tmp, fault);
         if (fd < 0)
                 return fd;
         r = fill(userdata, fd);
@@ -191,14 +191,11 @@ int durable_replace(int dir_fd, const char *name, const char *tmp, int (*fill)(v
                 durable_replace_abort(dir_fd, &fd, tmp);
                 return r;
         }
-        r = durable_replace_commit(dir_fd, fd, tmp, name, NULL, NULL, NULL, &step);
-        if (r < 0) {
-                if (step == DURABLE_STEP_SYNC_FOLDER)
-                        close(fd);
+        r = durable_replace_commit(dir_fd, fd, tmp, name, fault, NULL, NULL, &step);
+        if (r < 0 && step != DURABLE_STEP_SYNC_FOLDER)
                 return r;
-        }
         *ret_fd = fd;
-        return 0;
+        return r;
 }
 
 int durable_move_aside(int dir_fd, const char *name, DurableFault fault, char *ret_name, size_t size)

@@ -86,11 +86,13 @@ void durable_replace_abort(int dir_fd, int *tmp_fd, const char *tmp);
 
 /* The whole replace in one call: begin, `fill` (writes the content into the
  * descriptor it is given, returns 0 or -errno), commit. *ret_fd is the new
- * file, open for reading and appending. Any failure, including that of the
- * folder sync, closes the new descriptor and returns the error, leaving
- * *ret_fd as it was. */
+ * file, open for reading and appending. A failure before the rename closes
+ * the new descriptor and returns the error, leaving *ret_fd as it was. When
+ * only the folder sync failed, the rename is done: *ret_fd is the new file
+ * all the same (it is the file now, whatever the error) and the error is
+ * returned. */
 int durable_replace(int dir_fd, const char *name, const char *tmp, int (*fill)(void *userdata, int fd),
-                    void *userdata, int *ret_fd);
+                    void *userdata, DurableFault fault, int *ret_fd);
 
 /* Renames the unreadable `name` to `name.corrupt-<UTC time>` (or
  * `...-<n>` when that exists), never replacing an existing file; ret_name

@@ -851,12 +851,13 @@ static int compact_fill(void *userdata, int fd)
 
 static void job_compact(Job *j)
 {
-        int r = durable_replace(j->dir_fd, j->name, j->tmp_name, compact_fill, j, &j->new_fd);
+        /* new_fd stays -1 unless the rename was done (even when the folder
+         * sync after it failed: the new file is the outbox then). */
+        int r = durable_replace(j->dir_fd, j->name, j->tmp_name, compact_fill, j, NULL, &j->new_fd);
 
         if (r < 0) {
                 j->error = r;
                 j->what = "rewrite";
-                j->new_fd = -1;
         }
 }
 
@@ -1011,12 +1012,16 @@ static void apply_refill(Outbox *o, Job *j)
 
 static void apply_compact(Outbox *o, Job *j)
 {
-        if (j->error < 0) {
+        if (j->error < 0)
                 log_failure(o, j->error, j->what);
+        if (j->new_fd < 0) {
                 o->compact_after_bytes = o->file_size * 2;
                 j->buf.len = 0;
                 return;
         }
+        /* Renamed over the old file (the folder sync may have failed after
+         * it): appends go to the new file from now on, or they would go to
+         * the old one that no name reaches any more. */
         close(o->fd);
         o->fd = j->new_fd;
         o->file_size = j->new_size;
@@ -1693,7 +1698,7 @@ static int load(Outbox *o, OutboxLoadReport *rep)
         }
 
         if (fd < 0) {
-                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, write_fresh, &l, &o->fd);
+                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, write_fresh, &l, NULL, &o->fd);
                 if (r < 0)
                         goto out;
                 o->file_size = l.out_size;
@@ -1705,7 +1710,7 @@ static int load(Outbox *o, OutboxLoadReport *rep)
         l.in_fd = fd;
         l.rewrite = l.n_done > 0 || rep->torn_bytes > 0;
         if (l.rewrite) {
-                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, load_fill, &l, &o->fd);
+                r = durable_replace(o->dir_fd, o->file_name, o->tmp_name, load_fill, &l, NULL, &o->fd);
                 close(fd);
                 if (r < 0) {
                         reset_window(o);

@@ -264,7 +264,8 @@ static void test_replace(void **state)
         int fd = -1;
 
         put_file(f, "data", "old content\n");
-        assert_int_equal(durable_replace(f->dir_fd, "data", "data.tmp", fill_text, "new content\n", &fd), 0);
+        assert_int_equal(
+            durable_replace(f->dir_fd, "data", "data.tmp", fill_text, "new content\n", NULL, &fd), 0);
         assert_true(fd >= 0);
         assert_string_equal(get_file(f, "data"), "new content\n");
         assert_false(exists(f, "data.tmp"));
@@ -282,7 +283,8 @@ static void test_replace(void **state)
 
         /* A file that did not exist yet. */
         fd = -1;
-        assert_int_equal(durable_replace(f->dir_fd, "fresh", "fresh.tmp", fill_text, "first\n", &fd), 0);
+        assert_int_equal(durable_replace(f->dir_fd, "fresh", "fresh.tmp", fill_text, "first\n", NULL, &fd),
+                         0);
         assert_string_equal(get_file(f, "fresh"), "first\n");
         close(fd);
 }
@@ -296,12 +298,41 @@ static void test_replace_fill_fails(void **state)
         put_file(f, "data", "old content\n");
         put_file(f, "data.tmp", "garbage from a crash");
         assert_int_equal(
-            durable_replace(f->dir_fd, "data", "data.tmp", fill_half_then_fail, "new content\n", &fd),
+            durable_replace(f->dir_fd, "data", "data.tmp", fill_half_then_fail, "new content\n", NULL, &fd),
             -ENOSPC);
         assert_int_equal(fd, -1);
         assert_string_equal(get_file(f, "data"), "old content\n");
         assert_false(exists(f, "data.tmp"));
         assert_int_equal(count_entries(f), 1);
+}
+
+/* The folder sync after the rename fails: the rename stands, so the caller
+ * gets the new file with the error (and appends to what the name reaches);
+ * a failure before the rename leaves it nothing. */
+static void test_replace_folder_sync_fails(void **state)
+{
+        Fixture *f = *state;
+        int fd = -1;
+
+        put_file(f, "data", "old content\n");
+        fault_reset("fsync", 2, -EIO);
+        assert_int_equal(
+            durable_replace(f->dir_fd, "data", "data.tmp", fill_text, "new content\n", fault_hook, &fd),
+            -EIO);
+        assert_true(fd >= 0);
+        assert_string_equal(get_file(f, "data"), "new content\n");
+        assert_false(exists(f, "data.tmp"));
+        assert_int_equal(durable_write(fd, "more\n", 5, NULL, NULL), 0);
+        assert_string_equal(get_file(f, "data"), "new content\nmore\n");
+        close(fd);
+
+        fd = -1;
+        fault_reset("fsync", 1, -EIO);
+        assert_int_equal(
+            durable_replace(f->dir_fd, "data", "data.tmp", fill_text, "newer\n", fault_hook, &fd), -EIO);
+        assert_int_equal(fd, -1);
+        assert_string_equal(get_file(f, "data"), "new content\nmore\n");
+        assert_false(exists(f, "data.tmp"));
 }
 
 /* Fails each step of a replace in turn: until the rename the file is the
@@ -626,6 +657,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_write, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replace, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replace_fill_fails, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_replace_folder_sync_fails, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replace_steps_fail, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replace_before_rename, setup, teardown),
             cmocka_unit_test_setup_teardown(test_move_aside, setup, teardown),

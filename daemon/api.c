@@ -1,4 +1,3 @@
-#include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,32 +26,12 @@ const char *api_outcome_to_string(ApiOutcome o)
         return o < _API_OUTCOME_MAX ? outcome_names[o] : "invalid";
 }
 
-static int header_add(struct curl_slist **l, const char *name, const char *value)
-{
-        struct curl_slist *n;
-        char *line;
-
-        if (asprintf(&line, "%s: %s", name, value) < 0)
-                return -ENOMEM;
-        n = curl_slist_append(*l, line);
-        /* The line may carry the key: wipe our copy, libcurl keeps its own. */
-        explicit_bzero(line, strlen(line));
-        free(line);
-        if (!n)
-                return -ENOMEM;
-        *l = n;
-        return 0;
-}
-
 static void headers_unref(ApiHeaders *h)
 {
         if (!h || --h->refs > 0)
                 return;
-        /* libcurl's copies of the header lines hold the key; clear them
-         * before the memory goes back to the allocator. */
-        for (struct curl_slist *l = h->list; l; l = l->next)
-                explicit_bzero(l->data, strlen(l->data));
-        curl_slist_free_all(h->list);
+        /* The header lines hold the key: the list is wiped as it is freed. */
+        http_headers_free(h->list);
         free(h);
 }
 
@@ -64,11 +43,11 @@ static int headers_new(const ApiOptions *o, ApiHeaders **ret)
         if (!h)
                 return -ENOMEM;
         h->refs = 1;
-        if ((r = header_add(&h->list, "X-Airplane-API-Key", o->key)) < 0 ||
-            (r = header_add(&h->list, "Accept", "application/json")) < 0 ||
-            (o->team_id && *o->team_id && (r = header_add(&h->list, "X-Team-ID", o->team_id)) < 0) ||
+        if ((r = http_headers_add(&h->list, "X-Airplane-API-Key", o->key)) < 0 ||
+            (r = http_headers_add(&h->list, "Accept", "application/json")) < 0 ||
+            (o->team_id && *o->team_id && (r = http_headers_add(&h->list, "X-Team-ID", o->team_id)) < 0) ||
             (o->env_slug && *o->env_slug &&
-             (r = header_add(&h->list, "X-Airplane-Env-Slug", o->env_slug)) < 0)) {
+             (r = http_headers_add(&h->list, "X-Airplane-Env-Slug", o->env_slug)) < 0)) {
                 headers_unref(h);
                 return r;
         }

@@ -40,7 +40,7 @@ typedef struct ApiOptions {
  * set is counted and freed when the last request using it is done. */
 typedef struct ApiHeaders {
         unsigned refs; /* one per request in flight, plus one while current */
-        struct curl_slist *list;
+        HttpHeaders *list;
 } ApiHeaders;
 
 typedef struct Api {

@@ -823,7 +823,58 @@ static void mux_drain(HttpMux *m)
         }
 }
 
-static int transfer_start(HttpMux *m, const char *url, const struct curl_slist *headers, const char *body,
+/* ---- Header lists ----
+ *
+ * An HttpHeaders is libcurl's own list: the pointer is only ever converted
+ * back, here, so no caller sees curl. */
+
+static struct curl_slist *headers_list(const HttpHeaders *h)
+{
+        return (struct curl_slist *)h;
+}
+
+int http_headers_add_line(HttpHeaders **h, const char *line)
+{
+        struct curl_slist *n = curl_slist_append(headers_list(*h), line);
+
+        if (!n)
+                return -ENOMEM;
+        *h = (HttpHeaders *)n;
+        return 0;
+}
+
+int http_headers_add(HttpHeaders **h, const char *name, const char *value)
+{
+        char *line;
+        int r;
+
+        if (asprintf(&line, "%s: %s", name, value) < 0)
+                return -ENOMEM;
+        r = http_headers_add_line(h, line);
+        /* The line may carry a key: wipe our copy, libcurl keeps its own. */
+        explicit_bzero(line, strlen(line));
+        free(line);
+        return r;
+}
+
+const char *http_headers_get(const HttpHeaders *h, size_t i)
+{
+        const struct curl_slist *l = headers_list(h);
+
+        while (l && i-- > 0)
+                l = l->next;
+        return l ? l->data : NULL;
+}
+
+void http_headers_free(HttpHeaders *h)
+{
+        /* Clear the lines before the memory goes back to the allocator. */
+        for (struct curl_slist *l = headers_list(h); l; l = l->next)
+                explicit_bzero(l->data, strlen(l->data));
+        curl_slist_free_all(headers_list(h));
+}
+
+static int transfer_start(HttpMux *m, const char *url, const HttpHeaders *headers, const char *body,
                           size_t body_len, bool post, long timeout_ms, httpmux_done_cb done, void *userdata)
 {
         Transfer *t;
@@ -855,7 +906,7 @@ static int transfer_start(HttpMux *m, const char *url, const struct curl_slist *
                 transfer_release(m, t);
                 return -EINVAL;
         }
-        ok = ok && curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, (struct curl_slist *)headers) == CURLE_OK;
+        ok = ok && curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, headers_list(headers)) == CURLE_OK;
         if (post) {
                 /* The size goes first, so libcurl does not strlen() the body. */
                 ok = ok && curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len) ==
@@ -883,13 +934,13 @@ static int transfer_start(HttpMux *m, const char *url, const struct curl_slist *
         return 0;
 }
 
-int httpmux_get(HttpMux *m, const char *url, const struct curl_slist *headers, httpmux_done_cb done,
+int httpmux_get(HttpMux *m, const char *url, const HttpHeaders *headers, httpmux_done_cb done,
                 void *userdata)
 {
         return transfer_start(m, url, headers, NULL, 0, false, 0, done, userdata);
 }
 
-int httpmux_post(HttpMux *m, const char *url, const struct curl_slist *headers, const char *body,
+int httpmux_post(HttpMux *m, const char *url, const HttpHeaders *headers, const char *body,
                  size_t body_len, long timeout_ms, httpmux_done_cb done, void *userdata)
 {
         return transfer_start(m, url, headers, body, body_len, true, timeout_ms, done, userdata);

@@ -11,7 +11,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct curl_slist;
 typedef struct uv_loop_s uv_loop_t;
 
 typedef struct HttpMux HttpMux;
@@ -65,6 +64,20 @@ typedef struct HttpMuxStats {
 
 const char *http_error_to_string(HttpError e);
 
+/* Request header lines, "Name: value", in the order added; NULL is the
+ * empty list. A request borrows its list until its `done` has run. */
+typedef struct HttpHeaders HttpHeaders;
+
+/* Appends "name: value". Returns 0, or -ENOMEM with the list unchanged. */
+int http_headers_add(HttpHeaders **h, const char *name, const char *value);
+/* Appends one line as it is: "Name:" with nothing after the colon keeps a
+ * header the client would add by itself from being sent. */
+int http_headers_add_line(HttpHeaders **h, const char *line);
+/* Line i (from 0), or NULL past the end. */
+const char *http_headers_get(const HttpHeaders *h, size_t i);
+/* Wipes every line (one may hold a key) and frees the list. */
+void http_headers_free(HttpHeaders *h);
+
 /* Creates a mux on `loop`. `options` may be NULL; strings in it are copied.
  * The first mux initialises libcurl globally (curl_global_init) and the last
  * one freed cleans it up again, so the process needs no separate call; this is
@@ -86,13 +99,13 @@ int httpmux_set_max_connections(HttpMux *m, long max_connections);
  * -ECANCELED once httpmux_close() was called, -ENOMEM, -EINVAL for a URL
  * libcurl refuses. The default timeout applies. No Accept-Encoding is sent, so
  * bodies arrive as the server sent them. */
-int httpmux_get(HttpMux *m, const char *url, const struct curl_slist *headers, httpmux_done_cb done,
+int httpmux_get(HttpMux *m, const char *url, const HttpHeaders *headers, httpmux_done_cb done,
                 void *userdata);
 
 /* Starts a POST of `body` (borrowed until `done`). timeout_ms 0 uses the
  * default. Redirects are never followed: a 3xx is reported as such. Without a
  * Content-Type in `headers` libcurl sends application/x-www-form-urlencoded. */
-int httpmux_post(HttpMux *m, const char *url, const struct curl_slist *headers, const char *body,
+int httpmux_post(HttpMux *m, const char *url, const HttpHeaders *headers, const char *body,
                  size_t body_len, long timeout_ms, httpmux_done_cb done, void *userdata);
 
 /* Requests started and not yet completed. */

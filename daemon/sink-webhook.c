@@ -36,7 +36,7 @@ typedef struct WebhookSink WebhookSink;
 typedef struct Attempt {
         WebhookSink *w;
         OutboxEntry *e;
-        struct curl_slist *headers;
+        HttpHeaders *headers;
 } Attempt;
 
 struct WebhookSink {

@@ -1,4 +1,3 @@
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -7,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "httpmux.h"
 #include "webhook.h"
 
 /* Appends n bytes to b, keeping the NUL after the data that EventBuffer
@@ -128,59 +128,39 @@ int webhook_append_signatures(const WebhookKey *keys, size_t n_keys, const char 
         return 0;
 }
 
-static int header_add(struct curl_slist **l, const char *name, const char *value)
-{
-        struct curl_slist *n;
-        char *line;
-
-        if (asprintf(&line, "%s: %s", name, value) < 0)
-                return -ENOMEM;
-        n = curl_slist_append(*l, line);
-        free(line);
-        if (!n)
-                return -ENOMEM;
-        *l = n;
-        return 0;
-}
-
 int webhook_headers_new(const WebhookKey *keys, size_t n_keys, const char *content_type, const char *msg_id,
-                        int64_t timestamp, const char *body, size_t body_len, struct curl_slist **ret)
+                        int64_t timestamp, const char *body, size_t body_len, HttpHeaders **ret)
 {
-        struct curl_slist *l = NULL;
+        HttpHeaders *l = NULL;
         EventBuffer sig = EVENT_BUFFER_NULL;
         char ts[24];
         int r;
 
         snprintf(ts, sizeof(ts), "%" PRId64, timestamp);
-        if ((r = header_add(&l, "Content-Type", content_type)) < 0 ||
-            (r = header_add(&l, "webhook-id", msg_id)) < 0 ||
-            (r = header_add(&l, "webhook-timestamp", ts)) < 0)
+        if ((r = http_headers_add(&l, "Content-Type", content_type)) < 0 ||
+            (r = http_headers_add(&l, "webhook-id", msg_id)) < 0 ||
+            (r = http_headers_add(&l, "webhook-timestamp", ts)) < 0)
                 goto fail;
         if (n_keys > 0) {
                 r = webhook_append_signatures(keys, n_keys, msg_id, timestamp, body, body_len, &sig);
                 if (r < 0)
                         goto fail;
-                r = header_add(&l, "webhook-signature", sig.data);
+                r = http_headers_add(&l, "webhook-signature", sig.data);
                 if (r < 0)
                         goto fail;
         }
         /* A large body must not wait for a "100 Continue" first. */
         {
-                /* "Name:" with nothing after the colon is how libcurl is
-                 * told not to send a header it would add itself. */
-                struct curl_slist *n = curl_slist_append(l, "Expect:");
-                if (!n) {
-                        r = -ENOMEM;
+                r = http_headers_add_line(&l, "Expect:");
+                if (r < 0)
                         goto fail;
-                }
-                l = n;
         }
         event_buffer_done(&sig);
         *ret = l;
         return 0;
 fail:
         event_buffer_done(&sig);
-        curl_slist_free_all(l);
+        http_headers_free(l);
         return r;
 }
 
@@ -236,7 +216,7 @@ uint64_t webhook_attempt_delay(bool honour_retry_after, int64_t retry_after_ms, 
         return delay;
 }
 
-void webhook_headers_free(struct curl_slist *l)
+void webhook_headers_free(HttpHeaders *l)
 {
-        curl_slist_free_all(l);
+        http_headers_free(l);
 }

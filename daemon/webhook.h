@@ -12,7 +12,7 @@
 
 #include "event.h"
 
-struct curl_slist;
+typedef struct HttpHeaders HttpHeaders; /* httpmux.h */
 
 #define WEBHOOK_SECRET_PREFIX "whsec_"
 /* The longest decoded key accepted; Standard Webhooks keys are 24-64 bytes. */
@@ -37,10 +37,10 @@ int webhook_append_signatures(const WebhookKey *keys, size_t n_keys, const char 
 
 /* Builds the header list of one delivery: Content-Type, webhook-id,
  * webhook-timestamp and webhook-signature (from the keys; left out when
- * there are none). Returns 0 and a list for curl_slist_free_all(), or
+ * there are none). Returns 0 and a list for webhook_headers_free(), or
  * -ENOMEM / -EIO. */
 int webhook_headers_new(const WebhookKey *keys, size_t n_keys, const char *content_type, const char *msg_id,
-                        int64_t timestamp, const char *body, size_t body_len, struct curl_slist **ret);
+                        int64_t timestamp, const char *body, size_t body_len, HttpHeaders **ret);
 
 /* Appends the Slack body {"text":"<message>"} for an event: the journal
  * message (session name, id and transition) and, when app_url is set, a
@@ -64,4 +64,4 @@ uint64_t webhook_attempt_delay(bool honour_retry_after, int64_t retry_after_ms, 
                                uint64_t random);
 
 /* Frees a list from webhook_headers_new(); NULL is fine. */
-void webhook_headers_free(struct curl_slist *l);
+void webhook_headers_free(HttpHeaders *l);

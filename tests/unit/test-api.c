@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <curl/curl.h>
 
 #include "api.h"
 
@@ -95,9 +94,9 @@ static void test_init_prefixes(void **state)
         assert_int_equal(api_init(&a, NULL, &o), 0);
         assert_string_equal(a.get_prefix, "http://127.0.0.1:1/v0/sessions/get?id=");
         assert_string_equal(a.list_prefix, "http://127.0.0.1:1/v0/sessions/list?");
-        for (const struct curl_slist *l = a.headers->list; l; l = l->next, n++) {
-                saw_team |= strcmp(l->data, "X-Team-ID: tea1") == 0;
-                saw_key |= strcmp(l->data, "X-Airplane-API-Key: k") == 0;
+        for (const char *line; (line = http_headers_get(a.headers->list, n)); n++) {
+                saw_team |= strcmp(line, "X-Team-ID: tea1") == 0;
+                saw_key |= strcmp(line, "X-Airplane-API-Key: k") == 0;
         }
         assert_true(saw_team);
         assert_true(saw_key);
@@ -120,15 +119,15 @@ static void test_reconfigure(void **state)
         assert_int_equal(api_reconfigure(&a, &o), 0);
         assert_ptr_not_equal(a.headers, before);
         assert_int_equal(before->refs, 1);
-        assert_string_equal(before->list->data, "X-Airplane-API-Key: old");
-        assert_string_equal(a.headers->list->data, "X-Airplane-API-Key: new");
-        assert_string_equal(a.headers->list->next->next->data, "X-Airplane-Env-Slug: prod");
+        assert_string_equal(http_headers_get(before->list, 0), "X-Airplane-API-Key: old");
+        assert_string_equal(http_headers_get(a.headers->list, 0), "X-Airplane-API-Key: new");
+        assert_string_equal(http_headers_get(a.headers->list, 2), "X-Airplane-Env-Slug: prod");
         assert_string_equal(a.get_prefix, "http://127.0.0.1:2/v1/sessions/get?id=");
         assert_int_equal(a.get_prefix_len, strlen(a.get_prefix));
         assert_string_equal(a.list_prefix, "http://127.0.0.1:2/v1/sessions/list?");
         api_done(&a);
         /* What the request in flight would do when it is done. */
-        curl_slist_free_all(before->list);
+        http_headers_free(before->list);
         free(before);
 }
 

@@ -7,7 +7,6 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,7 +97,7 @@ static void on_closed(void *userdata)
         ((Ctx *)userdata)->closed++;
 }
 
-static void get(Ctx *c, const char *path, const struct curl_slist *headers)
+static void get(Ctx *c, const char *path, const HttpHeaders *headers)
 {
         char url[128];
 
@@ -168,9 +167,11 @@ static void test_routes(void **state)
 static void test_token(void **state)
 {
         Ctx c;
-        struct curl_slist *good = curl_slist_append(NULL, "Authorization: Bearer s3cret");
-        struct curl_slist *bad = curl_slist_append(NULL, "Authorization: Bearer s3cre");
+        HttpHeaders *good = NULL, *bad = NULL;
         HttpServerStats st;
+
+        assert_int_equal(http_headers_add(&good, "Authorization", "Bearer s3cret"), 0);
+        assert_int_equal(http_headers_add(&bad, "Authorization", "Bearer s3cre"), 0);
 
         setup(&c, "s3cret");
         get(&c, "/text", NULL);
@@ -199,8 +200,8 @@ static void test_token(void **state)
         run_until(&c, 6);
         assert_int_equal(c.status[5], 200);
         teardown(&c);
-        curl_slist_free_all(good);
-        curl_slist_free_all(bad);
+        http_headers_free(good);
+        http_headers_free(bad);
 }
 
 /* The stream sleeps when fill() has nothing, wakes on http_stream_wake()

@@ -422,7 +422,7 @@ static void url_for(const Fixture *f, const char *path, char *buf, size_t size)
         snprintf(buf, size, "%s://127.0.0.1:%u%s", f->server.tls ? "https" : "http", f->server.port, path);
 }
 
-static void request_get(Fixture *f, Request *q, const char *path, const struct curl_slist *headers)
+static void request_get(Fixture *f, Request *q, const char *path, const HttpHeaders *headers)
 {
         char url[256];
 
@@ -808,7 +808,7 @@ static void test_closed_without_response(void **state)
 static void test_post_and_redirect(void **state)
 {
         Fixture *f = *state;
-        struct curl_slist *headers = NULL;
+        HttpHeaders *headers = NULL;
         size_t len = 100000;
         char *body;
         Request q;
@@ -821,7 +821,7 @@ static void test_post_and_redirect(void **state)
         for (size_t i = 0; i < len; i++)
                 body[i] = (char)(i * 7 + 3); /* includes NUL bytes */
 
-        headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
+        assert_int_equal(http_headers_add(&headers, "Content-Type", "application/octet-stream"), 0);
         assert_non_null(headers);
         memset(&q, 0, sizeof(q));
         q.f = f;
@@ -850,14 +850,15 @@ static void test_post_and_redirect(void **state)
         request_clear(&q);
 
         /* Headers are passed; Accept-Encoding is not requested. */
-        curl_slist_free_all(headers);
-        headers = curl_slist_append(NULL, "X-Test: forty-two");
+        http_headers_free(headers);
+        headers = NULL;
+        assert_int_equal(http_headers_add_line(&headers, "X-Test: forty-two"), 0);
         assert_non_null(headers);
         request_get(f, &q, "/header", headers);
         RUN_UNTIL(f, q.calls > 0);
         assert_string_equal(q.body, "forty-two|-");
         request_clear(&q);
-        curl_slist_free_all(headers);
+        http_headers_free(headers);
 
         /* Redirects are reported, not followed, for GET and POST. */
         fetch(f, &q, "/redirect");

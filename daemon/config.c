@@ -18,7 +18,7 @@
 
 #include "config.h"
 #include "textsafe.h"
-#include "webhook.h"
+#include "webhook-key.h"
 
 /* Debian's inih turns the size of its line buffer into a run-time setting
  * (ini_max_line); upstream builds fix it at compile time at 200 bytes, which

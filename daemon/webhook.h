@@ -1,9 +1,9 @@
 /* webhook: the pure parts of webhook delivery (DESIGN §4 "Webhook
- * delivery"): Standard Webhooks secrets and signatures, the request headers,
+ * delivery"): Standard Webhooks signatures (the secrets are webhook-key.h's), the request headers,
  * the Slack body, and how long to wait before the next attempt.
  *
- * No libuv, no I/O, no logging: libcrypto for HMAC-SHA256 and base64,
- * libcurl only for its header list type. */
+ * No libuv, no I/O, no logging: libcrypto for HMAC-SHA256 and base64, and
+ * httpmux's header list type. */
 #pragma once
 
 #include <stdbool.h>
@@ -11,23 +11,9 @@
 #include <stdint.h>
 
 #include "event.h"
+#include "webhook-key.h"
 
 typedef struct HttpHeaders HttpHeaders; /* httpmux.h */
-
-#define WEBHOOK_SECRET_PREFIX "whsec_"
-/* The longest decoded key accepted; Standard Webhooks keys are 24-64 bytes. */
-#define WEBHOOK_KEY_MAX 256
-
-typedef struct WebhookKey {
-        uint8_t data[WEBHOOK_KEY_MAX];
-        size_t len;
-} WebhookKey;
-
-/* Decodes a secret "whsec_<base64>" into its key bytes. Returns 0, or
- * -EINVAL when the prefix is missing, the base64 does not decode, or the key
- * is empty or longer than WEBHOOK_KEY_MAX. The secret is never copied
- * anywhere but into *ret. */
-int webhook_key_from_secret(const char *secret, WebhookKey *ret);
 
 /* Appends "v1,<base64 HMAC-SHA256(key, id "." timestamp "." body)>" for
  * every key, separated by single spaces, to b. Returns 0, -ENOMEM, or -EIO

@@ -31,6 +31,9 @@ typedef struct PrintSink {
         } h;
         bool async;
         bool closing;
+        /* A pipe that would not open is closing: the sink, which holds its
+         * handle, is freed by that close callback, not before. */
+        bool pipe_closing, free_when_closed;
         uint64_t dropped;
         LogRateLimit drop_rl;
 } PrintSink;
@@ -158,6 +161,26 @@ static void on_print_closed(uv_handle_t *h)
         free(p);
 }
 
+static void print_free_now(PrintSink *p)
+{
+        if (p->pipe_closing) {
+                p->free_when_closed = true;
+                return;
+        }
+        event_buffer_done(&p->buf);
+        free(p);
+}
+
+/* The pipe handle given up in sink_print_new() is closed. */
+static void on_unused_pipe_closed(uv_handle_t *h)
+{
+        PrintSink *p = h->data;
+
+        p->pipe_closing = false;
+        if (p->free_when_closed)
+                print_free_now(p);
+}
+
 /* Closes the stream (queued lines that did not get out are dropped) and
  * frees the sink from the close callback. */
 static void print_close(Sink *s)
@@ -165,8 +188,7 @@ static void print_close(Sink *s)
         PrintSink *p = (PrintSink *)s;
 
         if (!p->async) {
-                event_buffer_done(&p->buf);
-                free(p);
+                print_free_now(p);
                 return;
         }
         p->closing = true;
@@ -178,10 +200,8 @@ static void print_free(Sink *s)
         PrintSink *p = (PrintSink *)s;
 
         /* An async sink is freed by print_close(). */
-        if (!p->async) {
-                event_buffer_done(&p->buf);
-                free(p);
-        }
+        if (!p->async)
+                print_free_now(p);
 }
 
 static const SinkOps print_ops = {
@@ -216,8 +236,12 @@ int sink_print_new(uv_loop_t *loop, int fd, PrintFormat format, Sink **ret)
                         r = uv_pipe_init(loop, &p->h.pipe, 0);
                         if (r == 0) {
                                 r = uv_pipe_open(&p->h.pipe, fd);
-                                if (r < 0)
-                                        uv_close((uv_handle_t *)&p->h.pipe, NULL);
+                                if (r < 0) {
+                                        /* Written to synchronously instead. */
+                                        p->h.pipe.data = p;
+                                        p->pipe_closing = true;
+                                        uv_close((uv_handle_t *)&p->h.pipe, on_unused_pipe_closed);
+                                }
                         }
                         break;
                 default:

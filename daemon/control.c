@@ -30,12 +30,11 @@
 /* A duplicate key as a message shows it: 64 bytes, escaped. */
 #define QUOTED_KEY_MAX (64 * 4 + 4)
 
+/* The data of each UnixClient of the control socket. */
 typedef struct ControlClient {
         ControlServer *server;
-        struct ControlClient *prev, *next;
-        uv_pipe_t pipe;
+        UnixClient *u; /* whose data this is */
         uv_shutdown_t shutdown;
-        bool closing;
         bool reading;
         bool ending; /* a last reply is queued; nothing more is read */
         bool eof;    /* the client sent all it will */
@@ -52,18 +51,12 @@ typedef struct ControlClient {
 
 struct ControlServer {
         uv_loop_t *loop;
-        uv_pipe_t listener;
-        char *path;
-        bool unlink;
-        UnixSockId bound; /* the file bound, removed at close only while it is still that one */
+        UnixServer *sock; /* the socket and its clients */
         bool closing;
-        bool listener_open;
+        bool sock_open; /* `sock` has not called back that it closed */
         gid_t group_gid; /* (gid_t)-1: none */
         const ControlCommand *commands;
         void *userdata;
-        ControlClient *clients;
-        unsigned n_clients;
-        unsigned allocated_clients; /* including those whose handle is closing */
         /* One request per client per loop turn: a client that sends many at
          * once is answered over several turns, so expensive requests (a
          * status over a big table) cannot hold the loop back in a batch. */
@@ -127,43 +120,23 @@ bool control_peer_allowed(uid_t uid, gid_t gid, const gid_t *groups, size_t n_gr
 static void maybe_free_server(ControlServer *s)
 {
         /* libuv runs close callbacks in no promised order: the last one frees. */
-        if (s->closing && s->allocated_clients == 0 && !s->listener_open && s->open_handles == 0) {
-                free(s->path);
+        if (s->closing && !s->sock_open && s->open_handles == 0)
                 free(s);
-        }
 }
 
-static void on_client_closed(uv_handle_t *h)
+static void on_unix_closed(void *userdata)
 {
-        ControlClient *c = h->data;
-        ControlServer *s = c->server;
+        ControlServer *s = userdata;
 
-        free(c->buf);
-        free(c);
-        s->allocated_clients--;
+        s->sock_open = false;
         maybe_free_server(s);
 }
 
-static void client_close(ControlClient *c)
+static void on_client_freed(void *userdata, void *data)
 {
-        ControlServer *s = c->server;
+        ControlClient *c = data;
 
-        if (c->closing)
-                return;
-        c->closing = true;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                s->clients = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        s->n_clients--;
-        uv_close((uv_handle_t *)&c->pipe, on_client_closed);
-}
-
-static size_t client_queued(const ControlClient *c)
-{
-        return uv_stream_get_write_queue_size((const uv_stream_t *)&c->pipe);
+        free(c->buf);
 }
 
 /* libuv write callback, on the loop. */
@@ -173,14 +146,10 @@ static void on_reply_written(uv_write_t *req, int status)
         ControlClient *c = w->client;
 
         free(w);
-        if (c->closing)
+        if (!unix_client_written(c->u, status))
                 return;
-        if (status < 0) {
-                client_close(c);
-                return;
-        }
         /* Requests held back while replies piled up can go on now. */
-        if (!c->ending && client_queued(c) < REPLY_QUEUE_MAX)
+        if (!c->ending && unix_client_queued(c->u) < REPLY_QUEUE_MAX)
                 client_process(c);
 }
 
@@ -190,15 +159,14 @@ static void send_reply(ControlClient *c, json_object *reply)
         const char *text;
         size_t n = 0;
         ControlWrite *w;
-        uv_buf_t b;
-        int r;
+        ssize_t done;
 
         if (!reply)
                 reply = control_reply_error(CONTROL_ERROR_FAILED, "out of memory");
         text = reply ? json_object_to_json_string_length(reply, JSON_C_TO_STRING_PLAIN, &n) : NULL;
         if (!text) {
                 json_object_put(reply);
-                client_close(c);
+                unix_client_close(c->u);
                 return;
         }
         /* json-c writes a string's bytes as they are. Requests are checked,
@@ -209,7 +177,7 @@ static void send_reply(ControlClient *c, json_object *reply)
                 valid = utf8_make_valid(text, n, &n);
                 if (!valid) {
                         json_object_put(reply);
-                        client_close(c);
+                        unix_client_close(c->u);
                         return;
                 }
                 text = valid;
@@ -218,7 +186,7 @@ static void send_reply(ControlClient *c, json_object *reply)
         if (!w) {
                 free(valid);
                 json_object_put(reply);
-                client_close(c);
+                unix_client_close(c->u);
                 return;
         }
         w->client = c;
@@ -226,33 +194,16 @@ static void send_reply(ControlClient *c, json_object *reply)
         w->data[n] = '\n';
         free(valid);
         json_object_put(reply);
-        b = uv_buf_init(w->data, (unsigned)(n + 1));
-        if (client_queued(c) == 0) {
-                r = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
-                if (r == (int)b.len) {
-                        free(w);
-                        return;
-                }
-                if (r < 0 && r != UV_EAGAIN) {
-                        free(w);
-                        client_close(c);
-                        return;
-                }
-                if (r > 0) {
-                        b.base += r;
-                        b.len -= (unsigned)r;
-                }
-        }
-        r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_reply_written);
-        if (r < 0) {
+        n++;
+        done = unix_client_try_write(c->u, w->data, n);
+        if (done < 0 || (size_t)done == n ||
+            unix_client_write(c->u, w->data + done, n - (size_t)done, &w->req, on_reply_written) < 0)
                 free(w);
-                client_close(c);
-        }
 }
 
 static void on_client_shutdown(uv_shutdown_t *req, int status)
 {
-        client_close(req->data);
+        unix_client_close(unix_client_of(req->data));
 }
 
 /* Sends the last reply and ends the connection once it is out. */
@@ -260,15 +211,15 @@ static void client_end(ControlClient *c, json_object *reply)
 {
         c->ending = true;
         if (c->reading) {
-                uv_read_stop((uv_stream_t *)&c->pipe);
+                uv_read_stop(unix_client_stream(c->u));
                 c->reading = false;
         }
         send_reply(c, reply);
-        if (c->closing)
+        if (unix_client_closing(c->u))
                 return;
         c->shutdown.data = c;
-        if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, on_client_shutdown) < 0)
-                client_close(c);
+        if (uv_shutdown(&c->shutdown, unix_client_stream(c->u), on_client_shutdown) < 0)
+                unix_client_close(c->u);
 }
 
 static void client_load_peer(ControlClient *c)
@@ -280,7 +231,7 @@ static void client_load_peer(ControlClient *c)
         c->uid = (uid_t)-1;
         c->gid = (gid_t)-1;
         c->peer_known = false;
-        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+        if (uv_fileno((uv_handle_t *)unix_client_stream(c->u), &fd) < 0)
                 return;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
                 return;
@@ -525,11 +476,11 @@ static void client_process(ControlClient *c)
                 char *nl;
                 size_t n;
 
-                if (c->closing || c->ending)
+                if (unix_client_closing(c->u) || c->ending)
                         return;
-                if (client_queued(c) >= REPLY_QUEUE_MAX) {
+                if (unix_client_queued(c->u) >= REPLY_QUEUE_MAX) {
                         if (c->reading) {
-                                uv_read_stop((uv_stream_t *)&c->pipe);
+                                uv_read_stop(unix_client_stream(c->u));
                                 c->reading = false;
                         }
                         return;
@@ -548,7 +499,7 @@ static void client_process(ControlClient *c)
                 if (!blank && handled > 0) {
                         /* The next one waits for the next loop turn. */
                         if (c->reading) {
-                                uv_read_stop((uv_stream_t *)&c->pipe);
+                                uv_read_stop(unix_client_stream(c->u));
                                 c->reading = false;
                         }
                         c->more = true;
@@ -580,12 +531,12 @@ static void client_process(ControlClient *c)
                 }
                 c->ending = true;
                 c->shutdown.data = c;
-                if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, on_client_shutdown) < 0)
-                        client_close(c);
+                if (uv_shutdown(&c->shutdown, unix_client_stream(c->u), on_client_shutdown) < 0)
+                        unix_client_close(c->u);
                 return;
         }
-        if (!c->reading && !c->closing) {
-                if (uv_read_start((uv_stream_t *)&c->pipe, on_client_alloc, on_client_read) == 0)
+        if (!c->reading && !unix_client_closing(c->u)) {
+                if (uv_read_start(unix_client_stream(c->u), on_client_alloc, on_client_read) == 0)
                         c->reading = true;
         }
 }
@@ -597,15 +548,17 @@ static void on_more_idle(uv_idle_t *h)
         ControlServer *s = h->data;
         bool any = false;
 
-        for (ControlClient *c = s->clients, *next; c; c = next) {
-                next = c->next;
+        for (UnixClient *u = unix_client_first(s->sock), *next; u; u = next) {
+                ControlClient *c = unix_client_data(u);
+
+                next = unix_client_next(u);
                 if (!c->more)
                         continue;
                 c->more = false;
                 client_process(c);
         }
-        for (ControlClient *c = s->clients; c && !any; c = c->next)
-                any = c->more;
+        for (UnixClient *u = unix_client_first(s->sock); u && !any; u = unix_client_next(u))
+                any = ((ControlClient *)unix_client_data(u))->more;
         if (!any)
                 uv_idle_stop(h);
 }
@@ -617,11 +570,13 @@ static void on_idle_sweep(uv_timer_t *t)
         ControlServer *s = t->data;
         uint64_t now = uv_now(s->loop);
 
-        for (ControlClient *c = s->clients, *next; c; c = next) {
-                next = c->next;
-                if (!c->ending && !c->more && c->len == 0 && client_queued(c) == 0 &&
+        for (UnixClient *u = unix_client_first(s->sock), *next; u; u = next) {
+                ControlClient *c = unix_client_data(u);
+
+                next = unix_client_next(u);
+                if (!c->ending && !c->more && c->len == 0 && unix_client_queued(c->u) == 0 &&
                     now - c->last_read_ms >= CLIENT_IDLE_MS)
-                        client_close(c);
+                        unix_client_close(c->u);
         }
 }
 
@@ -637,14 +592,14 @@ static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 {
         ControlClient *c = stream->data;
 
-        if (c->closing)
+        if (unix_client_closing(c->u))
                 return;
         c->last_read_ms = uv_now(c->server->loop);
         if (n < 0) {
                 uv_read_stop(stream);
                 c->reading = false;
                 if (n != UV_EOF) {
-                        client_close(c);
+                        unix_client_close(c->u);
                         return;
                 }
                 /* The client has no more requests: what it sent is still
@@ -659,48 +614,28 @@ static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 
 static int client_start_reading(ControlClient *c)
 {
-        int r = uv_read_start((uv_stream_t *)&c->pipe, on_client_alloc, on_client_read);
+        int r = uv_read_start(unix_client_stream(c->u), on_client_alloc, on_client_read);
 
         c->reading = r == 0;
         return r;
 }
 
-/* A client connected, on the loop. */
-static void on_control_connection(uv_stream_t *server, int status)
+/* A client connected, on the loop: nothing is read from it yet. */
+static void on_control_connected(void *userdata, UnixClient *u)
 {
-        ControlServer *s = server->data;
-        ControlClient *c;
-        int r;
+        ControlServer *s = userdata;
+        ControlClient *c = unix_client_data(u);
 
-        if (status < 0) {
-                log_warning_errno(status, "Failed to accept on '%s': %m", s->path);
-                return;
-        }
-        c = calloc(1, sizeof(*c));
-        if (c)
-                c->buf = malloc(CONTROL_LINE_MAX + 1);
-        if (!c || !c->buf) {
-                free(c);
-                log_error("Out of memory accepting a control client.");
-                return;
-        }
         c->server = s;
+        c->u = u;
         c->last_read_ms = uv_now(s->loop);
-        s->allocated_clients++;
-        uv_pipe_init(s->loop, &c->pipe, 0);
-        c->pipe.data = c;
-        c->next = s->clients;
-        if (s->clients)
-                s->clients->prev = c;
-        s->clients = c;
-        s->n_clients++;
-        r = uv_accept(server, (uv_stream_t *)&c->pipe);
-        if (r < 0) {
-                log_warning_errno(r, "Failed to accept on '%s': %m", s->path);
-                client_close(c);
+        c->buf = malloc(CONTROL_LINE_MAX + 1);
+        if (!c->buf) {
+                log_error("Out of memory accepting a control client.");
+                unix_client_close(u);
                 return;
         }
-        if (s->n_clients > CONTROL_CONNECTIONS_MAX) {
+        if (unix_server_clients(s->sock) > CONTROL_CONNECTIONS_MAX) {
                 client_end(c,
                            control_reply_error(CONTROL_ERROR_FAILED,
                                                "Too many control connections (at most %d); try again later.",
@@ -709,7 +644,7 @@ static void on_control_connection(uv_stream_t *server, int status)
         }
         client_load_peer(c);
         if (client_start_reading(c) < 0)
-                client_close(c);
+                unix_client_close(c->u);
 }
 
 static void on_server_handle_closed(uv_handle_t *h)
@@ -720,17 +655,22 @@ static void on_server_handle_closed(uv_handle_t *h)
         maybe_free_server(s);
 }
 
-static void on_listener_closed(uv_handle_t *h)
-{
-        ControlServer *s = h->data;
-
-        s->listener_open = false;
-        maybe_free_server(s);
-}
-
 int control_new(uv_loop_t *loop, const ControlOptions *o, ControlServer **ret)
 {
         ControlServer *s = calloc(1, sizeof(*s));
+        UnixServerOptions uo = {
+            .path = o->path,
+            .fd = o->fd,
+            .mode = o->mode,
+            .group = o->group,
+            .backlog = 64,
+            .client_size = sizeof(ControlClient),
+            .out_of_memory = "Out of memory accepting a control client.",
+            .connected = on_control_connected,
+            .client_freed = on_client_freed,
+            .closed = on_unix_closed,
+            .userdata = s,
+        };
         int r;
 
         if (!s)
@@ -739,43 +679,24 @@ int control_new(uv_loop_t *loop, const ControlOptions *o, ControlServer **ret)
         s->commands = o->commands;
         s->userdata = o->userdata;
         s->group_gid = (gid_t)-1;
-        s->path = strdup(o->path ? o->path : "(passed socket)");
-        if (!s->path) {
-                free(s);
-                return -ENOMEM;
-        }
         if (o->group) {
                 r = unixsock_resolve_group(o->group, &s->group_gid);
                 if (r < 0) {
                         log_error_errno(r, "Unknown [control] group '%s': %m", o->group);
-                        free(s->path);
                         free(s);
                         return r;
                 }
         }
-        uv_pipe_init(loop, &s->listener, 0);
-        s->listener.data = s;
-        s->listener_open = true;
         uv_idle_init(loop, &s->more);
         uv_timer_init(loop, &s->idle_sweep);
         s->more.data = s->idle_sweep.data = s;
         s->open_handles = 2;
         uv_timer_start(&s->idle_sweep, on_idle_sweep, CLIENT_IDLE_MS / 6, CLIENT_IDLE_MS / 6);
         uv_unref((uv_handle_t *)&s->idle_sweep);
-        if (o->fd >= 0) {
-                r = uv_pipe_open(&s->listener, o->fd);
-                if (r < 0)
-                        log_error_errno(r, "Failed to use the passed socket for '%s': %m", s->path);
-        } else {
-                r = unixsock_bind(&s->listener, s->path, o->mode, o->group, &s->bound);
-                s->unlink = r >= 0;
-        }
-        if (r >= 0) {
-                r = uv_listen((uv_stream_t *)&s->listener, 64, on_control_connection);
-                if (r < 0)
-                        log_error_errno(r, "Failed to listen on '%s': %m", s->path);
-        }
+        s->sock_open = true;
+        r = unix_server_new(loop, &uo, &s->sock);
         if (r < 0) {
+                /* The UnixServer closes itself and says so in on_unix_closed(). */
                 control_close(s);
                 return r;
         }
@@ -788,16 +709,12 @@ void control_close(ControlServer *s)
         if (!s || s->closing)
                 return;
         s->closing = true;
-        if (s->unlink && unixsock_still_ours(s->path, &s->bound))
-                (void)unlink(s->path);
-        while (s->clients)
-                client_close(s->clients);
+        unix_server_close(s->sock);
         uv_close((uv_handle_t *)&s->more, on_server_handle_closed);
         uv_close((uv_handle_t *)&s->idle_sweep, on_server_handle_closed);
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
 }
 
 unsigned control_connections(const ControlServer *s)
 {
-        return s->n_clients;
+        return s->sock ? unix_server_clients(s->sock) : 0;
 }

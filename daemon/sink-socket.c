@@ -5,9 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include <json-c/json.h>
@@ -46,15 +44,13 @@ typedef enum ClientPhase {
         CLIENT_DOOMED,   /* overflowed: the last line is queued */
 } ClientPhase;
 
+/* The data of each UnixClient of the stream; the client's timer is the hello
+ * timeout, the pump's continuation and the overflow grace. */
 typedef struct StreamClient {
         SocketSink *server;
-        struct StreamClient *prev, *next;
-        uv_pipe_t pipe;
-        uv_timer_t timer; /* hello timeout, pump continuation, overflow grace */
+        UnixClient *u; /* whose data this is */
         uv_shutdown_t shutdown;
-        unsigned open_handles;
         ClientPhase phase;
-        bool closing;
         size_t cursor;
         long marker_seq;
         long next_seq;
@@ -71,64 +67,37 @@ typedef struct StreamWrite {
 struct SocketSink {
         Sink sink;
         uv_loop_t *loop;
-        uv_pipe_t listener;
-        char *path;  /* a copy of the configured path, for messages */
-        bool unlink;
-        UnixSockId bound; /* the file bound, removed at close only while it is still that one */ /* the path was bound here and is removed at close */
+        UnixServer *sock; /* the socket and its clients */
+        char *path;       /* a copy of the configured path (or the passed socket's), for messages */
         SinkSocketOptions opt;
         char *source;
         StreamRing ring;
         EventBuffer buf;
-        StreamClient *clients;
-        unsigned allocated_clients; /* including those whose handles are closing */
-        SinkSocketStats stats;
+        SinkSocketStats stats; /* clients: taken from `sock` when asked */
         bool closing;
-        bool listener_open;
+        bool sock_open; /* `sock` has not called back that it closed */
         LogRateLimit overflow_rl;
 };
 
 static void client_pump(StreamClient *c);
 
-static size_t client_queued(const StreamClient *c)
+static void socket_free_now(SocketSink *s)
 {
-        return uv_stream_get_write_queue_size((const uv_stream_t *)&c->pipe);
+        event_buffer_done(&s->buf);
+        stream_ring_done(&s->ring);
+        free(s->path);
+        free(s->source);
+        free(s);
 }
 
-static void on_client_handle_closed(uv_handle_t *h)
+/* Every client is freed by now. */
+static void on_sock_closed(void *userdata)
 {
-        StreamClient *c = h->data;
-        SocketSink *s = c->server;
+        SocketSink *s = userdata;
 
-        if (--c->open_handles > 0)
-                return;
-        free(c);
-        s->allocated_clients--;
-        /* libuv runs close callbacks in no promised order: the last one frees. */
-        if (s->closing && s->allocated_clients == 0 && !s->listener_open) {
-                event_buffer_done(&s->buf);
-                stream_ring_done(&s->ring);
-                free(s->path);
-                free(s->source);
-                free(s);
-        }
-}
-
-static void client_close(StreamClient *c)
-{
-        SocketSink *s = c->server;
-
-        if (c->closing)
-                return;
-        c->closing = true;
-        if (c->prev)
-                c->prev->next = c->next;
-        else
-                s->clients = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        s->stats.clients--;
-        uv_close((uv_handle_t *)&c->pipe, on_client_handle_closed);
-        uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
+        s->sock_open = false;
+        if (s->closing)
+                socket_free_now(s);
 }
 
 /* libuv write callback, on the loop: one chunk went out, or the client is
@@ -140,12 +109,8 @@ static void on_client_written(uv_write_t *req, int status)
 
         stream_chunk_unref(w->chunk);
         free(w);
-        if (c->closing)
+        if (!unix_client_written(c->u, status))
                 return;
-        if (status < 0) {
-                client_close(c);
-                return;
-        }
         if (c->phase == CLIENT_SNAPSHOT || c->phase == CLIENT_CATCHUP)
                 client_pump(c);
 }
@@ -155,35 +120,25 @@ static void on_client_written(uv_write_t *req, int status)
  * (the client is then closed). */
 static int client_send(StreamClient *c, StreamChunk *chunk)
 {
-        uv_buf_t b = uv_buf_init(chunk->data, (unsigned)chunk->len);
+        ssize_t done = unix_client_try_write(c->u, chunk->data, chunk->len);
         StreamWrite *w;
         int r;
 
-        if (client_queued(c) == 0) {
-                r = uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
-                if (r == (int)chunk->len)
-                        return 0;
-                if (r < 0 && r != UV_EAGAIN) {
-                        client_close(c);
-                        return r;
-                }
-                if (r > 0) {
-                        b.base += r;
-                        b.len -= (unsigned)r;
-                }
-        }
+        if (done < 0)
+                return (int)done;
+        if ((size_t)done == chunk->len)
+                return 0;
         w = malloc(sizeof(*w));
         if (!w) {
-                client_close(c);
+                unix_client_close(c->u);
                 return -ENOMEM;
         }
         w->client = c;
         w->chunk = stream_chunk_ref(chunk);
-        r = uv_write(&w->req, (uv_stream_t *)&c->pipe, &b, 1, on_client_written);
+        r = unix_client_write(c->u, chunk->data + done, chunk->len - (size_t)done, &w->req, on_client_written);
         if (r < 0) {
                 stream_chunk_unref(w->chunk);
                 free(w);
-                client_close(c);
                 return r;
         }
         return 0;
@@ -195,7 +150,7 @@ static int client_send_copy(StreamClient *c, const char *data, size_t len)
         int r;
 
         if (!chunk) {
-                client_close(c);
+                unix_client_close(c->u);
                 return -ENOMEM;
         }
         r = client_send(c, chunk);
@@ -207,13 +162,13 @@ static void on_client_shutdown(uv_shutdown_t *req, int status)
 {
         StreamClient *c = req->data;
 
-        if (!c->closing)
-                client_close(c);
+        if (!unix_client_closing(c->u))
+                unix_client_close(c->u);
 }
 
 static void on_client_grace_timer(uv_timer_t *t)
 {
-        client_close(t->data);
+        unix_client_close(unix_client_of(t->data));
 }
 
 /* The client fell behind past its buffer: what is queued stays queued, the
@@ -232,11 +187,11 @@ static void client_overflow(StreamClient *c)
         if (client_send_copy(c, overflow_line, sizeof(overflow_line) - 1) < 0)
                 return;
         c->shutdown.data = c;
-        if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->pipe, on_client_shutdown) < 0) {
-                client_close(c);
+        if (uv_shutdown(&c->shutdown, unix_client_stream(c->u), on_client_shutdown) < 0) {
+                unix_client_close(c->u);
                 return;
         }
-        uv_timer_start(&c->timer, on_client_grace_timer, OVERFLOW_GRACE_MS, 0);
+        uv_timer_start(unix_client_timer(c->u), on_client_grace_timer, OVERFLOW_GRACE_MS, 0);
 }
 
 static int snapshot_line(SocketSink *s, const SinkSocketEntry *en, EventBuffer *out)
@@ -338,9 +293,9 @@ static void client_pump(StreamClient *c)
         SocketSink *s = c->server;
         unsigned budget = 4;
 
-        while (!c->closing && client_queued(c) < PUMP_LOW_WATER) {
+        while (!unix_client_closing(c->u) && unix_client_queued(c->u) < PUMP_LOW_WATER) {
                 if (budget-- == 0) {
-                        uv_timer_start(&c->timer, on_client_pump_timer, 0, 0);
+                        uv_timer_start(unix_client_timer(c->u), on_client_pump_timer, 0, 0);
                         return;
                 }
                 if (c->phase == CLIENT_SNAPSHOT) {
@@ -355,7 +310,7 @@ static void client_pump(StreamClient *c)
                         }
                 } else if (c->phase == CLIENT_CATCHUP) {
                         for (unsigned k = 0;
-                             k < PUMP_BUDGET && !c->closing && client_queued(c) < PUMP_LOW_WATER; k++) {
+                             k < PUMP_BUDGET && !unix_client_closing(c->u) && unix_client_queued(c->u) < PUMP_LOW_WATER; k++) {
                                 StreamChunk *chunk;
 
                                 if (c->next_seq > s->ring.last) {
@@ -383,7 +338,7 @@ static void client_begin(StreamClient *c, bool have_since, long since)
 {
         SocketSink *s = c->server;
 
-        uv_timer_stop(&c->timer);
+        uv_timer_stop(unix_client_timer(c->u));
         if (have_since && stream_ring_covers(&s->ring, since)) {
                 c->marker_seq = since;
                 if (client_send_marker(c, true) < 0)
@@ -432,14 +387,14 @@ static void on_client_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf)
 {
         StreamClient *c = stream->data;
 
-        if (c->closing)
+        if (unix_client_closing(c->u))
                 return;
         if (n < 0) {
                 /* A client that closed its sending side may still read:
                  * only a real error ends the connection. */
                 uv_read_stop(stream);
                 if (n != UV_EOF)
-                        client_close(c);
+                        unix_client_close(c->u);
                 else if (c->phase == CLIENT_HELLO) {
                         c->hello[c->hello_len] = '\0';
                         client_take_hello(c);
@@ -462,52 +417,26 @@ static void on_client_hello_timer(uv_timer_t *t)
         client_take_hello(c);
 }
 
-/* A client connected, on the loop. */
-static void on_listener_connection(uv_stream_t *server, int status)
+/* A client connected, on the loop: it has until hello_ms to say where the
+ * stream starts. */
+static void on_stream_connected(void *userdata, UnixClient *u)
 {
-        SocketSink *s = server->data;
-        StreamClient *c;
-        int r;
+        SocketSink *s = userdata;
+        StreamClient *c = unix_client_data(u);
 
-        if (status < 0) {
-                log_warning_errno(status, "Failed to accept on '%s': %m", s->path);
-                return;
-        }
-        c = calloc(1, sizeof(*c));
-        if (!c) {
-                log_error("Out of memory accepting an event stream client.");
-                return;
-        }
         c->server = s;
-        s->allocated_clients++;
-        uv_pipe_init(s->loop, &c->pipe, 0);
-        uv_timer_init(s->loop, &c->timer);
-        c->pipe.data = c->timer.data = c;
-        c->open_handles = 2;
-        c->next = s->clients;
-        if (s->clients)
-                s->clients->prev = c;
-        s->clients = c;
-        s->stats.clients++;
-
-        r = uv_accept(server, (uv_stream_t *)&c->pipe);
-        if (r < 0) {
-                log_warning_errno(r, "Failed to accept on '%s': %m", s->path);
-                client_close(c);
-                return;
-        }
-        if (s->stats.clients > SINK_SOCKET_CLIENTS_MAX) {
+        c->u = u;
+        if (unix_server_clients(s->sock) > SINK_SOCKET_CLIENTS_MAX) {
                 s->stats.refused++;
-                client_close(c);
+                unix_client_close(c->u);
                 return;
         }
         s->stats.connections++;
-        r = uv_read_start((uv_stream_t *)&c->pipe, on_client_alloc, on_client_read);
-        if (r < 0) {
-                client_close(c);
+        if (uv_read_start(unix_client_stream(c->u), on_client_alloc, on_client_read) < 0) {
+                unix_client_close(c->u);
                 return;
         }
-        uv_timer_start(&c->timer, on_client_hello_timer, s->opt.hello_ms, 0);
+        uv_timer_start(unix_client_timer(c->u), on_client_hello_timer, s->opt.hello_ms, 0);
 }
 
 /* Runs on the loop for every event: one encoding, shared by every client. */
@@ -516,7 +445,6 @@ static void socket_emit(Sink *sink, const Event *e)
         SocketSink *s = (SocketSink *)sink;
         long seq = s->ring.last + 1;
         StreamChunk *chunk;
-        StreamClient *c, *next;
         int r;
 
         if (s->closing)
@@ -539,30 +467,18 @@ static void socket_emit(Sink *sink, const Event *e)
         (void)stream_ring_push(&s->ring, chunk);
         s->stats.last_sequence = seq;
 
-        for (c = s->clients; c; c = next) {
-                next = c->next;
+        for (UnixClient *u = unix_client_first(s->sock), *next; u; u = next) {
+                StreamClient *c = unix_client_data(u);
+
+                next = unix_client_next(u);
                 if (c->phase != CLIENT_LIVE)
                         continue; /* the others pull from the ring */
-                if (client_queued(c) + chunk->len > s->opt.client_buffer)
+                if (unix_client_queued(c->u) + chunk->len > s->opt.client_buffer)
                         client_overflow(c);
                 else
                         (void)client_send(c, chunk);
         }
         stream_chunk_unref(chunk);
-}
-
-static void on_listener_closed(uv_handle_t *h)
-{
-        SocketSink *s = h->data;
-
-        s->listener_open = false;
-        if (s->allocated_clients == 0) {
-                event_buffer_done(&s->buf);
-                stream_ring_done(&s->ring);
-                free(s->path);
-                free(s->source);
-                free(s);
-        }
 }
 
 /* Stops listening, removes the socket file and disconnects every client;
@@ -572,11 +488,7 @@ static void socket_close(Sink *sink)
         SocketSink *s = (SocketSink *)sink;
 
         s->closing = true;
-        if (s->unlink && unixsock_still_ours(s->path, &s->bound))
-                (void)unlink(s->path);
-        while (s->clients)
-                client_close(s->clients);
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        unix_server_close(s->sock);
 }
 
 static void socket_free(Sink *sink)
@@ -647,29 +559,28 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
         }
         s->stats.last_sequence = s->ring.last;
 
-        uv_pipe_init(loop, &s->listener, 0);
-        s->listener.data = s;
-        s->listener_open = true;
-        if (o->fd >= 0) {
-                r = uv_pipe_open(&s->listener, o->fd);
-                if (r < 0)
-                        log_error_errno(r, "Failed to use the passed socket for '%s': %m", s->path);
-        } else {
-                r = unixsock_bind(&s->listener, s->path, o->mode, o->group, &s->bound);
-                s->unlink = r >= 0;
-        }
-        if (r >= 0) {
-                r = uv_listen((uv_stream_t *)&s->listener, 128, on_listener_connection);
-                if (r < 0)
-                        log_error_errno(r, "Failed to listen on '%s': %m", s->path);
-        }
+        s->sock_open = true;
+        r = unix_server_new(loop,
+                            &(UnixServerOptions){
+                                .path = s->path,
+                                .fd = o->fd,
+                                .mode = o->mode,
+                                .group = o->group,
+                                .backlog = 128,
+                                .client_size = sizeof(StreamClient),
+                                .client_timer = true,
+                                .out_of_memory = "Out of memory accepting an event stream client.",
+                                .connected = on_stream_connected,
+                                .closed = on_sock_closed,
+                                .userdata = s,
+                            },
+                            &s->sock);
         if (r < 0) {
-                /* The handle is initialised: the sink frees itself once it
-                 * is closed, so the caller must still close it. */
+                /* The UnixServer closes itself; the sink is freed once it
+                 * says so (or now, if it already has). */
                 s->closing = true;
-                if (s->unlink)
-                        (void)unlink(s->path);
-                uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+                if (!s->sock_open)
+                        socket_free_now(s);
                 return r;
         }
         *ret = &s->sink;
@@ -678,7 +589,10 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
 
 void sink_socket_stats(const Sink *sink, SinkSocketStats *ret)
 {
-        *ret = ((const SocketSink *)sink)->stats;
+        const SocketSink *s = (const SocketSink *)sink;
+
+        *ret = s->stats;
+        ret->clients = unix_server_clients(s->sock);
 }
 
 const char *sink_socket_path(const Sink *sink)

@@ -12,7 +12,6 @@
 #include "discovery.h"
 #include "log.h"
 #include "metrics.h"
-#include "notify.h"
 #include "runbooks.h"
 #include "scheduler.h"
 #include "sessions.h"
@@ -26,6 +25,7 @@ typedef struct State State;
 typedef struct ControlCommand ControlCommand;
 typedef struct ControlServer ControlServer;
 typedef struct DaemonWeb DaemonWeb;
+typedef struct Notifier Notifier;
 
 typedef struct Daemon Daemon;
 
@@ -148,7 +148,7 @@ struct Daemon {
         uint64_t failed_minute_at[60];
         uv_signal_t sig_stall; /* test hook: SIGUSR2 blocks the loop (SW_TEST_HOOKS=1 only) */
         unsigned open_handles;
-        Notifier notify;
+        Notifier *notify;
 
         bool stopping;
         bool finishing;

@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "daemon-private.h"
 #include "httpmux.h"
+#include "notify.h"
 #include "sink.h"
 #include "state.h"
 
@@ -93,7 +94,7 @@ void daemon_finish(Daemon *d)
         close_handle(d, (uv_handle_t *)&d->sig_hup);
         close_handle(d, (uv_handle_t *)&d->sig_stall);
         d->open_handles++;
-        notify_close(&d->notify, on_notify_closed, d);
+        notify_close(d->notify, on_notify_closed, d);
         discovery_close(d->disc);
         /* Cancels whatever is still in flight; their completions run first. */
         if (d->mux)
@@ -124,7 +125,7 @@ static void on_stop_signal(uv_signal_t *s, int signum)
         if (d->stopping)
                 return;
         log_info("Received %s, stopping.", strsignal(signum));
-        notify_stopping(&d->notify);
+        notify_stopping(d->notify);
         d->stopping = true;
         uv_timer_stop(&d->tick);
         discovery_close(d->disc);
@@ -226,9 +227,9 @@ int daemon_run(const DaemonOptions *o)
         uv_signal_init(&d.loop, &d.sig_hup);
         d.tick.data = d.stop_timer.data = d.sig_term.data = d.sig_int.data = d.sig_stall.data = &d;
         d.sig_hup.data = &d;
-        (void)notify_init(&d.notify, &d.loop, daemon_service_status, &d);
 
-        if ((r = daemon_make_source(&d)) < 0 || (r = daemon_setup_sinks(&d, o)) < 0 ||
+        if ((r = notify_new(&d.loop, daemon_service_status, &d, &d.notify)) < 0 ||
+            (r = daemon_make_source(&d)) < 0 || (r = daemon_setup_sinks(&d, o)) < 0 ||
             (r = daemon_orphans_scan(&d)) < 0 || (r = daemon_setup_sessions(&d)) < 0 ||
             (r = coverage_setup(&d)) < 0 || (r = daemon_setup_state(&d)) < 0 ||
             (r = daemon_schedule_all(&d)) < 0 || (r = daemon_setup_api(&d)) < 0 ||
@@ -262,7 +263,7 @@ int daemon_run(const DaemonOptions *o)
         if (d.disc)
                 discovery_start(d.disc, &d.api, &d.sched);
         daemon_dispatch(&d);
-        notify_ready(&d.notify);
+        notify_ready(d.notify);
 
         uv_run(&d.loop, UV_RUN_DEFAULT);
         daemon_log_stats(&d);

@@ -1,3 +1,4 @@
+#include <stdbool.h>
 #include <stddef.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -8,8 +9,35 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <uv.h>
+
 #include "log.h"
 #include "notify.h"
+
+struct Notifier {
+        uv_loop_t *loop;
+        bool enabled;            /* $NOTIFY_SOCKET is set */
+        uint64_t watchdog_usec;  /* 0: no watchdog asked for */
+        int fd;                  /* our end: AF_UNIX, SOCK_DGRAM, non-blocking */
+        struct sockaddr_un addr; /* $NOTIFY_SOCKET ('@': the abstract namespace) */
+        socklen_t addr_len;
+        char held[768];   /* a state message waiting for room, "" when none */
+        uint64_t dropped; /* STATUS/WATCHDOG messages dropped for lack of room */
+        uv_timer_t watchdog;
+        uv_timer_t status_timer;
+        uv_timer_t retry_timer;
+        notify_status_cb status_cb;
+        void *userdata;
+        char status[512]; /* the last STATUS= sent */
+        char forced[512]; /* a status that overrides the summary (e.g. a reload error) */
+        uint64_t forced_until_ms;
+        uint64_t watchdog_pings;
+        unsigned open_handles;
+        void (*closed)(void *userdata);
+        void *closed_userdata;
+};
 
 /* STATUS= is refreshed at most this often. */
 #define STATUS_INTERVAL_MS 1000
@@ -78,7 +106,7 @@ static void send_with_status(Notifier *n, const char *head, bool force_status)
         char now[sizeof(n->status)], msg[sizeof(n->status) + 128];
         int r;
 
-        if (!n->enabled)
+        if (!n || !n->enabled)
                 return;
         status_text(n, now, sizeof(now));
         /* A status line cannot hold a newline: it would start a new field. */
@@ -123,12 +151,15 @@ static void on_status_timer(uv_timer_t *t)
         send_with_status(t->data, NULL, false);
 }
 
-int notify_init(Notifier *n, uv_loop_t *loop, notify_status_cb status_cb, void *userdata)
+int notify_new(uv_loop_t *loop, notify_status_cb status_cb, void *userdata, Notifier **ret)
 {
         const char *path = getenv("NOTIFY_SOCKET");
         uint64_t usec = 0;
+        Notifier *n = malloc(sizeof(*n));
         int r;
 
+        if (!n)
+                return -ENOMEM;
         *n = (Notifier){.loop = loop, .status_cb = status_cb, .userdata = userdata, .fd = -1};
         n->enabled = path && *path;
         if (n->enabled) {
@@ -165,12 +196,13 @@ int notify_init(Notifier *n, uv_loop_t *loop, notify_status_cb status_cb, void *
         uv_unref((uv_handle_t *)&n->watchdog);
         uv_unref((uv_handle_t *)&n->status_timer);
         uv_unref((uv_handle_t *)&n->retry_timer);
+        *ret = n;
         return 0;
 }
 
 void notify_ready(Notifier *n)
 {
-        if (!n->enabled)
+        if (!n || !n->enabled)
                 return;
         send_with_status(n, "READY=1", true);
         if (n->watchdog_usec > 0 && !uv_is_active((uv_handle_t *)&n->watchdog)) {
@@ -192,7 +224,7 @@ void notify_reloading(Notifier *n)
         struct timespec ts;
         char head[96];
 
-        if (!n->enabled)
+        if (!n || !n->enabled)
                 return;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         snprintf(head, sizeof(head), "RELOADING=1\nMONOTONIC_USEC=%" PRIu64,
@@ -202,7 +234,7 @@ void notify_reloading(Notifier *n)
 
 void notify_stopping(Notifier *n)
 {
-        if (!n->enabled)
+        if (!n || !n->enabled)
                 return;
         uv_timer_stop(&n->status_timer);
         send_with_status(n, "STOPPING=1", true);
@@ -210,6 +242,8 @@ void notify_stopping(Notifier *n)
 
 void notify_status_override(Notifier *n, const char *text, uint64_t hold_ms)
 {
+        if (!n)
+                return;
         snprintf(n->forced, sizeof(n->forced), "%s", text);
         n->forced_until_ms = uv_now(n->loop) + hold_ms;
         send_with_status(n, NULL, true);
@@ -217,6 +251,8 @@ void notify_status_override(Notifier *n, const char *text, uint64_t hold_ms)
 
 void notify_status_refresh(Notifier *n)
 {
+        if (!n)
+                return;
         send_with_status(n, NULL, false);
 }
 
@@ -234,10 +270,16 @@ static void on_notify_closed(uv_handle_t *h)
         }
         if (n->closed)
                 n->closed(n->closed_userdata);
+        free(n);
 }
 
 void notify_close(Notifier *n, void (*closed)(void *userdata), void *userdata)
 {
+        if (!n) {
+                if (closed)
+                        closed(userdata);
+                return;
+        }
         n->closed = closed;
         n->closed_userdata = userdata;
         n->open_handles = 3;

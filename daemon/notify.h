@@ -15,43 +15,22 @@
  * Without $NOTIFY_SOCKET every call does nothing (and costs nothing). */
 #pragma once
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <uv.h>
+
+typedef struct uv_loop_s uv_loop_t;
 
 /* Writes the one-line status summary into buf (NUL-terminated, truncated to
  * size). Runs on the loop thread. */
 typedef void (*notify_status_cb)(void *userdata, char *buf, size_t size);
 
-typedef struct Notifier {
-        uv_loop_t *loop;
-        bool enabled;           /* $NOTIFY_SOCKET is set */
-        uint64_t watchdog_usec; /* 0: no watchdog asked for */
-        int fd;                   /* our end: AF_UNIX, SOCK_DGRAM, non-blocking */
-        struct sockaddr_un addr; /* $NOTIFY_SOCKET ('@': the abstract namespace) */
-        socklen_t addr_len;
-        char held[768];          /* a state message waiting for room, "" when none */
-        uint64_t dropped;        /* STATUS/WATCHDOG messages dropped for lack of room */
-        uv_timer_t watchdog;
-        uv_timer_t status_timer;
-        uv_timer_t retry_timer;
-        notify_status_cb status_cb;
-        void *userdata;
-        char status[512]; /* the last STATUS= sent */
-        char forced[512]; /* a status that overrides the summary (e.g. a reload error) */
-        uint64_t forced_until_ms;
-        uint64_t watchdog_pings;
-        unsigned open_handles;
-        void (*closed)(void *userdata);
-        void *closed_userdata;
-} Notifier;
+typedef struct Notifier Notifier;
 
 /* Reads $NOTIFY_SOCKET and $WATCHDOG_USEC/$WATCHDOG_PID (through libsystemd)
- * and initializes the timers on `loop`. Nothing is sent yet. */
-int notify_init(Notifier *n, uv_loop_t *loop, notify_status_cb status_cb, void *userdata);
+ * and makes the timers on `loop`. Nothing is sent yet. Returns 0 or -ENOMEM.
+ * Every function below takes NULL (the daemon without a notifier) and then
+ * does nothing. */
+int notify_new(uv_loop_t *loop, notify_status_cb status_cb, void *userdata, Notifier **ret);
 
 /* Sends READY=1 with the current status, and starts the watchdog pings and
  * the once-a-second status refresh. Called again after a reload. */
@@ -70,6 +49,6 @@ void notify_status_override(Notifier *n, const char *text, uint64_t hold_ms);
 /* Sends the summary now if it changed (at most once a second otherwise). */
 void notify_status_refresh(Notifier *n);
 
-/* Closes the timers; `closed` (may be NULL) runs from the last close
- * callback. */
+/* Closes the timers and frees the notifier; `closed` (may be NULL) runs
+ * from the last close callback (at once for NULL). */
 void notify_close(Notifier *n, void (*closed)(void *userdata), void *userdata);

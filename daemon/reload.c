@@ -12,6 +12,7 @@
 #include "config.h"
 #include "daemon-private.h"
 #include "httpmux.h"
+#include "notify.h"
 #include "sink-webhook.h"
 #include "sink.h"
 
@@ -459,7 +460,7 @@ int daemon_reload_notified(Daemon *d, char *errbuf, size_t errlen, ReloadReport 
         int r;
 
         errbuf[0] = '\0';
-        notify_reloading(&d->notify);
+        notify_reloading(d->notify);
         r = reload(d, errbuf, errlen, rep);
         if (r < 0) {
                 char status[300];
@@ -468,9 +469,9 @@ int daemon_reload_notified(Daemon *d, char *errbuf, size_t errlen, ReloadReport 
                 log_error("Reload failed, keeping the running configuration:\n%s", errbuf);
                 snprintf(status, sizeof(status), "Reload failed, running the previous configuration: %.*s",
                          (int)(first > 250 ? 250 : first), errbuf);
-                notify_status_override(&d->notify, status, UINT64_MAX / 2);
+                notify_status_override(d->notify, status, UINT64_MAX / 2);
         } else
-                notify_status_override(&d->notify, "", 0);
-        notify_ready(&d->notify);
+                notify_status_override(d->notify, "", 0);
+        notify_ready(d->notify);
         return r;
 }

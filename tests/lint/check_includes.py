@@ -6,6 +6,10 @@
   2. The pure modules include none of uv.h, curl/curl.h, log.h or a
      systemd header: they are plain functions of their inputs, tested and
      fuzzed without a loop, a network or a journal.
+  3. A header includes uv.h only if it holds libuv types by value (the
+     internal headers listed in UV_HEADERS); every other header that passes
+     a loop or a handle on forward-declares it (typedef struct uv_loop_s
+     uv_loop_t;), so including a module's header does not pull libuv in.
 
 Files are found recursively and named by their base name, wherever a folder
 puts them. Prints one line per broken rule, naming the file, the line and the
@@ -20,6 +24,7 @@ import sys
 CURL_OWNER = "httpmux.c"
 PURE = {"config", "decode", "event", "runbooks", "scheduler", "sessions", "status", "stream-ring",
         "textsafe", "metrics", "webhook-key"}
+UV_HEADERS = {"daemon-private.h", "daemon-http.h", "durable.h"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')
 
 
@@ -48,6 +53,10 @@ def check(root):
                     if header == "curl/curl.h" and name != CURL_OWNER:
                         problems.append(f"{rel}:{n}: includes <curl/curl.h>: only {CURL_OWNER} may "
                                         "(use httpmux.h)")
+                    if header == "uv.h" and name.endswith(".h") and name not in UV_HEADERS:
+                        problems.append(f"{rel}:{n}: includes <uv.h>: a header forward-declares the "
+                                        "libuv types it passes on (uv.h only in "
+                                        + ", ".join(sorted(UV_HEADERS)) + ")")
                     if module in PURE and impure(header):
                         problems.append(f"{rel}:{n}: includes {header}, but '{module}' is a pure module "
                                         "(no uv, curl, log or systemd)")

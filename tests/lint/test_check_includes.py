@@ -53,6 +53,16 @@ class CheckIncludes(unittest.TestCase):
         self.assertIn("core/config.c:1: includes systemd/sd-journal.h", out)
         self.assertNotIn("daemon.c", out)
 
+    def test_uv_in_a_header_fails(self):
+        d = self.tree({"io/notify.h": "#include <stdint.h>\n#include <uv.h>\n",
+                       "io/notify.c": "#include <uv.h>\n",
+                       "app/daemon-private.h": "#include <uv.h>\n"})
+        rc, out = run(d)
+        self.assertEqual(rc, 1)
+        self.assertIn("io/notify.h:2: includes <uv.h>", out)
+        self.assertNotIn("notify.c", out)
+        self.assertNotIn("app/daemon-private.h", out)
+
     def test_empty_tree_fails(self):
         self.assertEqual(run(self.tree({"README": ""}))[0], 1)
 

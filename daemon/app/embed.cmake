@@ -1,7 +1,7 @@
 # Writes OUTPUT, a C file holding each of INPUTS (a ;-list of files) as a
 # byte array with its length: web_<name>[] and web_<name>_len, where <name>
 # is the file name with '.' and '-' turned into '_'.
-set(out "/* Made by daemon/embed.cmake from the files in web/: do not edit. */\n#include <stddef.h>\n\n")
+set(out "/* Made by daemon/app/embed.cmake from the files in web/: do not edit. */\n#include <stddef.h>\n\n")
 foreach(f IN LISTS INPUTS)
   get_filename_component(name "${f}" NAME)
   string(MAKE_C_IDENTIFIER "${name}" id)

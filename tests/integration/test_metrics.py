@@ -30,7 +30,7 @@ PROMETHEUS = swtest.prometheus_binary()
 SECRET = "whsec_" + base64.b64encode(b"metrics test webhook secret key!").decode()
 INTERVAL = "50ms"
 
-# Every family the README lists, with its type. The webhook families have
+# Every family sessionwatchd(8) lists (METRICS), with its type. The webhook families have
 # samples only with a [webhook] section; the state ones only with a state
 # folder (both are configured here).
 FAMILIES = {

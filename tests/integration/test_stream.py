@@ -377,7 +377,7 @@ class StreamTest(unittest.TestCase):
         daemon.stop()
 
     def test_socat_one_liner_reads_the_stream(self):
-        # The README's dashboard example: nothing but socat, sending nothing.
+        # The dashboard example of sessionwatchd(8) (EVENT STREAM): nothing but socat, sending nothing.
         socat = shutil.which("socat")
         if not socat:
             self.fail("socat is not installed (scripts/deps installs it)")

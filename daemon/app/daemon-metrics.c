@@ -3,7 +3,7 @@
  *
  * Every counter lives in the Daemon (or in the module it belongs to) and is
  * only touched on the loop thread; the endpoint answers on the loop thread
- * too, so rendering needs no lock. The README's "Metrics" section lists
+ * too, so rendering needs no lock. sessionwatchd(8), METRICS, lists
  * every family written here. */
 #include <errno.h>
 #include <stdio.h>

@@ -5,8 +5,8 @@
  * The control socket speaks NDJSON: the client writes one JSON object per
  * line, {"command": NAME, ...arguments}, and the daemon writes exactly one
  * JSON object per request line, in order: {"ok": true, ...} or
- * {"ok": false, "error": CODE, "message": TEXT}. README.md documents every
- * command and reply. */
+ * {"ok": false, "error": CODE, "message": TEXT}. sessionwatchd(8) (CONTROL SOCKET)
+ * documents every command and reply. */
 #pragma once
 
 #define CONTROL_SOCKET_NAME "control.sock"

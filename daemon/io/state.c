@@ -1601,12 +1601,82 @@ static void handle_corrupt(State *s, StateLoadReport *rep)
         (void)create_fresh(s);
 }
 
+/* Opens the state file to append to or, where it cannot be written (a
+ * read-only folder or file), only to read (*writable false). Returns the fd,
+ * or -1 when there is nothing to load: no file (a fresh one is made) or one
+ * that cannot be opened (handled as unreadable). */
+static int load_open(State *s, StateLoadReport *rep, bool *writable)
+{
+        int fd = durable_openat(s->dir_fd, STATE_FILE, O_RDWR | O_APPEND | O_CLOEXEC, 0, fault);
+
+        *writable = true;
+        if (fd == -ENOENT) {
+                rep->fresh = true;
+                (void)create_fresh(s);
+                return -1;
+        }
+        if (fd >= 0)
+                return fd;
+        fail(s, fd, "open for writing");
+        *writable = false;
+        fd = openat(s->dir_fd, STATE_FILE, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0)
+                return fd;
+        rep->fresh = true;
+        if (errno == ENOENT)
+                return -1;
+        /* Unreadable: never replace it without moving it aside first. */
+        snprintf(s->corrupt_reason, sizeof(s->corrupt_reason), "cannot be opened: %s", strerror(errno));
+        handle_corrupt(s, rep);
+        return -1;
+}
+
+/* Reads the records of the file's `size` bytes at `data` into the table: a
+ * first pass checks the whole file, and only a file found sound is applied
+ * by the second. Returns 0 with what was found in *sc (sc->corrupt: nothing
+ * applied), or -errno. */
+static int load_records(State *s, const char *data, size_t size, Scan *sc)
+{
+        StateRecord *rec = malloc(sizeof(*rec));
+        int r;
+
+        if (!rec)
+                return -ENOMEM;
+        r = scan_file(s, data, size, false, sc, rec);
+        if (r >= 0 && !sc->corrupt)
+                r = scan_file(s, data, size, true, sc, rec);
+        free(rec);
+        return r < 0 ? r : 0;
+}
+
+/* An incomplete last record (an interrupted write) is dropped: cut off now,
+ * and durably, as appending after it would turn it into a corrupt record in
+ * the middle. Where that fails the file is only read from (*writable false). */
+static void load_drop_torn_end(State *s, int fd, const Scan *sc, bool *writable)
+{
+        int r;
+
+        log_warning("State file '%s' ends with an incomplete record (%" PRIu64
+                    " bytes, from an interrupted write): dropped it.",
+                    s->file_path, sc->torn);
+        if (!*writable) {
+                s->stale = true;
+                return;
+        }
+        r = durable_truncate(fd, (off_t)sc->valid_end, fault);
+        if (r == 0)
+                r = durable_sync(fd, false, fault);
+        if (r < 0) {
+                fail(s, r, "truncate the torn end of");
+                *writable = false;
+        }
+}
+
 static int load(State *s, StateLoadReport *rep)
 {
-        StateRecord *rec = NULL;
         struct stat st;
-        char *data = NULL;
-        bool writable = true;
+        bool writable;
+        char *data;
         Scan sc;
         int fd, r;
 
@@ -1616,37 +1686,15 @@ static int load(State *s, StateLoadReport *rep)
         }
         /* A rewrite that a crash interrupted: `state` is still complete. */
         (void)unlinkat(s->dir_fd, STATE_TMP, 0);
-
-        fd = durable_openat(s->dir_fd, STATE_FILE, O_RDWR | O_APPEND | O_CLOEXEC, 0, fault);
-        if (fd == -ENOENT) {
-                rep->fresh = true;
-                (void)create_fresh(s);
+        fd = load_open(s, rep, &writable);
+        if (fd < 0)
                 return 0;
-        }
-        if (fd < 0) {
-                /* A read-only folder (or file): load what can be read. */
-                fail(s, fd, "open for writing");
-                writable = false;
-                fd = openat(s->dir_fd, STATE_FILE, O_RDONLY | O_CLOEXEC);
-                if (fd < 0) {
-                        r = -errno;
-                        rep->fresh = true;
-                        if (r == -ENOENT)
-                                return 0;
-                        /* Unreadable: never replace it without moving it aside first. */
-                        snprintf(s->corrupt_reason, sizeof(s->corrupt_reason), "cannot be opened: %s",
-                                 strerror(-r));
-                        handle_corrupt(s, rep);
-                        return 0;
-                }
-        }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
                 close(fd);
                 return log_error_errno(r, "Failed to stat state file '%s': %m", s->file_path);
         }
         rep->file_bytes = (uint64_t)st.st_size;
-
         if (st.st_size == 0) {
                 rep->fresh = true;
                 if (writable) {
@@ -1656,73 +1704,37 @@ static int load(State *s, StateLoadReport *rep)
                         close(fd);
                 return 0;
         }
-
         data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
         if (data == MAP_FAILED) {
                 r = -errno;
                 close(fd);
                 return log_error_errno(r, "Failed to map state file '%s': %m", s->file_path);
         }
-        rec = malloc(sizeof(*rec));
-        if (!rec) {
-                r = -ENOMEM;
-                goto finish;
-        }
-
-        r = scan_file(s, data, (size_t)st.st_size, false, &sc, rec);
-        if (r < 0)
-                goto finish;
-        if (sc.corrupt) {
-                munmap(data, (size_t)st.st_size);
-                data = NULL;
+        r = load_records(s, data, (size_t)st.st_size, &sc);
+        munmap(data, (size_t)st.st_size);
+        if (r < 0 || sc.corrupt) {
                 close(fd);
-                fd = -1;
+                if (r < 0)
+                        return r;
                 handle_corrupt(s, rep);
-                r = 0;
-                goto finish;
+                return 0;
         }
-        r = scan_file(s, data, (size_t)st.st_size, true, &sc, rec);
-        if (r < 0)
-                goto finish;
         rep->records = sc.records;
         rep->torn_bytes = sc.torn;
         s->file_bytes = sc.valid_end;
         s->snapshot_bytes = sc.valid_end;
-
-        if (sc.torn > 0) {
-                log_warning("State file '%s' ends with an incomplete record (%" PRIu64
-                            " bytes, from an interrupted write): dropped it.",
-                            s->file_path, sc.torn);
-                if (writable) {
-                        /* Cut it off now, and durably: appending after it
-                         * would turn it into a corrupt record in the middle. */
-                        r = durable_truncate(fd, (off_t)sc.valid_end, fault);
-                        if (r == 0)
-                                r = durable_sync(fd, false, fault);
-                        if (r < 0) {
-                                fail(s, r, "truncate the torn end of");
-                                writable = false;
-                        }
-                } else
-                        s->stale = true;
-        }
-        if (writable) {
-                s->fd = fd;
-                fd = -1;
-                if (sc.valid_end == 0) {
-                        rep->fresh = true;
-                        (void)write_header(s);
-                }
-        }
-        r = 0;
-
-finish:
-        free(rec);
-        if (data)
-                munmap(data, (size_t)st.st_size);
-        if (fd >= 0)
+        if (sc.torn > 0)
+                load_drop_torn_end(s, fd, &sc, &writable);
+        if (!writable) {
                 close(fd);
-        return r;
+                return 0;
+        }
+        s->fd = fd;
+        if (sc.valid_end == 0) {
+                rep->fresh = true;
+                (void)write_header(s);
+        }
+        return 0;
 }
 
 /* Frees a State whose handles were never initialized. */

@@ -343,6 +343,28 @@ static void test_replaced_file_is_kept_at_close(void **state)
         assert_true(S_ISREG(st.st_mode));
 }
 
+/* A second server that took the path after the file was deleted keeps its
+ * socket when the first one closes. */
+static void test_socket_of_another_server_is_kept_at_close(void **state)
+{
+        Fixture *f = *state;
+        UnixServerOptions o = options(f);
+        UnixServer *second = NULL;
+        struct stat st;
+
+        assert_int_equal(unix_server_new(&f->loop, &o, &f->server), 0);
+        assert_int_equal(unlink(f->path), 0);
+        assert_int_equal(unix_server_new(&f->loop, &o, &second), 0);
+        unix_server_close(f->server);
+        run_until(f, &f->closed, 1);
+        assert_int_equal(lstat(f->path, &st), 0);
+        assert_true(S_ISSOCK(st.st_mode));
+        close(peer_connect(f->path)); /* still listened on */
+        unix_server_close(second);
+        run_until(f, &f->closed, 2);
+        assert_int_equal(lstat(f->path, &st), -1);
+}
+
 static void test_passed_socket(void **state)
 {
         Fixture *f = *state;
@@ -421,6 +443,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_other_file_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_too_long_path_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replaced_file_is_kept_at_close, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_socket_of_another_server_is_kept_at_close, setup, teardown),
             cmocka_unit_test_setup_teardown(test_passed_socket, setup, teardown),
         };
 

@@ -327,7 +327,7 @@ void daemon_persist_done(Daemon *d);
 
 /* ---- service-status.c ---- */
 
-/* The STATUS= line told to the service manager (notify_init()). */
+/* The STATUS= line told to the service manager (notify_new()). */
 void daemon_service_status(void *userdata, char *buf, size_t size);
 
 /* ---- reload.c ---- */

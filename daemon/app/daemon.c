@@ -95,6 +95,7 @@ void daemon_finish(Daemon *d)
         close_handle(d, (uv_handle_t *)&d->sig_stall);
         d->open_handles++;
         notify_close(d->notify, on_notify_closed, d);
+        d->notify = NULL;
         discovery_close(d->disc);
         /* Cancels whatever is still in flight; their completions run first. */
         if (d->mux)

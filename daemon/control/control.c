@@ -129,6 +129,7 @@ static void on_unix_closed(void *userdata)
         ControlServer *s = userdata;
 
         s->sock_open = false;
+        s->sock = NULL;
         maybe_free_server(s);
 }
 

@@ -10,21 +10,25 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "log.h"
 #include "unixsock.h"
 
-/* The socket file as bound. Inode numbers are reused at once on some file
- * systems: a file put in its place keeps dev and ino but not the type, and
- * another socket not the change time. */
+/* The socket file as bound. While the listener is open its inode stays in
+ * use, so no other socket can get the number; a file put in the socket's
+ * place after it was deleted can, on file systems that reuse inode numbers
+ * at once, but it is not a socket. */
 typedef struct UnixSockId {
         dev_t dev;
         ino_t ino;
-        struct timespec ctime;
 } UnixSockId;
+
+/* Out of memory for a new client: the connection stays queued (libuv holds
+ * it and stops watching the listener until it is accepted), and accepting it
+ * is tried again this often. */
+#define ACCEPT_RETRY_MS 100
 
 struct UnixServer {
         uv_loop_t *loop;
@@ -35,6 +39,9 @@ struct UnixServer {
         UnixSockId bound;
         bool closing;
         bool listener_open;
+        uv_timer_t accept_retry;
+        bool accept_retry_open;
+        bool starved; /* out of memory at the last accept; said once until it passes */
         UnixClient *clients;
         unsigned n_clients;
         unsigned allocated_clients; /* including those whose handles are closing */
@@ -91,9 +98,7 @@ static bool still_ours(const char *path, const UnixSockId *id)
 {
         struct stat st;
 
-        return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == id->dev &&
-               st.st_ino == id->ino && st.st_ctim.tv_sec == id->ctime.tv_sec &&
-               st.st_ctim.tv_nsec == id->ctime.tv_nsec;
+        return lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == id->dev && st.st_ino == id->ino;
 }
 
 /* Binds a new socket to `path` and hands it to `pipe` (initialised, not yet
@@ -161,7 +166,7 @@ static int bind_path(uv_pipe_t *pipe, const char *path, mode_t mode, const char 
                 close(fd);
                 return r;
         }
-        *ret_id = (UnixSockId){.dev = st.st_dev, .ino = st.st_ino, .ctime = st.st_ctim};
+        *ret_id = (UnixSockId){.dev = st.st_dev, .ino = st.st_ino};
         return 0;
 }
 
@@ -169,7 +174,7 @@ static int bind_path(uv_pipe_t *pipe, const char *path, mode_t mode, const char 
  * promises them in no order. */
 static void maybe_finish(UnixServer *s)
 {
-        if (!s->closing || s->listener_open || s->allocated_clients > 0)
+        if (!s->closing || s->listener_open || s->accept_retry_open || s->allocated_clients > 0)
                 return;
         if (s->opt.closed)
                 s->opt.closed(s->opt.userdata);
@@ -210,22 +215,28 @@ void unix_client_close(UnixClient *c)
                 uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
 }
 
-/* A client connected, on the loop. */
-static void on_connection(uv_stream_t *listener, int status)
+static void accept_one(UnixServer *s);
+
+static void on_accept_retry(uv_timer_t *t)
 {
-        UnixServer *s = listener->data;
-        UnixClient *c;
+        accept_one(t->data);
+}
+
+/* Takes the connection libuv holds for the listener. */
+static void accept_one(UnixServer *s)
+{
+        size_t size = sizeof(UnixClient) + s->opt.client_size;
+        UnixClient *c = s->opt.alloc_client ? s->opt.alloc_client(size) : calloc(1, size);
         int r;
 
-        if (status < 0) {
-                log_warning_errno(status, "Failed to accept on '%s': %m", s->path);
-                return;
-        }
-        c = calloc(1, sizeof(*c) + s->opt.client_size);
         if (!c) {
-                log_error("%s", s->opt.out_of_memory);
+                if (!s->starved)
+                        log_error("%s", s->opt.out_of_memory);
+                s->starved = true;
+                uv_timer_start(&s->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
                 return;
         }
+        s->starved = false;
         c->server = s;
         s->allocated_clients++;
         uv_pipe_init(s->loop, &c->pipe, 0);
@@ -241,7 +252,7 @@ static void on_connection(uv_stream_t *listener, int status)
                 s->clients->prev = c;
         s->clients = c;
         s->n_clients++;
-        r = uv_accept(listener, (uv_stream_t *)&c->pipe);
+        r = uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->pipe);
         if (r < 0) {
                 log_warning_errno(r, "Failed to accept on '%s': %m", s->path);
                 unix_client_close(c);
@@ -250,11 +261,31 @@ static void on_connection(uv_stream_t *listener, int status)
         s->opt.connected(s->opt.userdata, c);
 }
 
+/* A client connected, on the loop. */
+static void on_connection(uv_stream_t *listener, int status)
+{
+        UnixServer *s = listener->data;
+
+        if (status < 0) {
+                log_warning_errno(status, "Failed to accept on '%s': %m", s->path);
+                return;
+        }
+        accept_one(s);
+}
+
 static void on_listener_closed(uv_handle_t *h)
 {
         UnixServer *s = h->data;
 
         s->listener_open = false;
+        maybe_finish(s);
+}
+
+static void on_accept_retry_closed(uv_handle_t *h)
+{
+        UnixServer *s = h->data;
+
+        s->accept_retry_open = false;
         maybe_finish(s);
 }
 
@@ -283,6 +314,9 @@ int unix_server_new(uv_loop_t *loop, const UnixServerOptions *o, UnixServer **re
         uv_pipe_init(loop, &s->listener, 0);
         s->listener.data = s;
         s->listener_open = true;
+        uv_timer_init(loop, &s->accept_retry);
+        s->accept_retry.data = s;
+        s->accept_retry_open = true;
         if (o->fd >= 0) {
                 r = uv_pipe_open(&s->listener, o->fd);
                 if (r < 0)
@@ -314,6 +348,7 @@ void unix_server_close(UnixServer *s)
         while (s->clients)
                 unix_client_close(s->clients);
         uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        uv_close((uv_handle_t *)&s->accept_retry, on_accept_retry_closed);
 }
 
 unsigned unix_server_clients(const UnixServer *s)

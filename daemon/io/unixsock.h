@@ -34,6 +34,9 @@ typedef struct UnixServerOptions {
         size_t client_size;        /* bytes of the owner's data in each client, zeroed at the accept */
         bool client_timer;         /* each client gets a timer, closed with it */
         const char *out_of_memory; /* logged when a client cannot be allocated */
+        /* Zeroed memory for a client, freed with free(); NULL: calloc(). On
+         * NULL the connection waits and is accepted once memory is found. */
+        void *(*alloc_client)(size_t size);
         /* A client was accepted: its handles are initialised, it is in the
          * list and counted, nothing is read yet. The owner may close it. */
         void (*connected)(void *userdata, UnixClient *c);

@@ -96,6 +96,7 @@ static void on_sock_closed(void *userdata)
         SocketSink *s = userdata;
 
         s->sock_open = false;
+        s->sock = NULL;
         if (s->closing)
                 socket_free_now(s);
 }
@@ -592,7 +593,7 @@ void sink_socket_stats(const Sink *sink, SinkSocketStats *ret)
         const SocketSink *s = (const SocketSink *)sink;
 
         *ret = s->stats;
-        ret->clients = unix_server_clients(s->sock);
+        ret->clients = s->sock ? unix_server_clients(s->sock) : 0;
 }
 
 const char *sink_socket_path(const Sink *sink)

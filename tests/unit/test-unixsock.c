@@ -3,7 +3,8 @@
  * clients are accepted with their data zeroed and pointed at by their
  * handles, counted and listed, freed only once closed, and the server says
  * it closed only after its last client is freed; writes go out at once or
- * queued, in order, and a failed one closes the client; the file is removed at
+ * queued, in order, and a failed one closes the client; a connection that
+ * finds no memory waits and is accepted later; the file is removed at
  * close only while it is still the one bound, and a passed socket is used
  * as it is. Each test works in its own temporary folder, on its own loop. */
 #include <stdarg.h>
@@ -365,6 +366,49 @@ static void test_socket_of_another_server_is_kept_at_close(void **state)
         assert_int_equal(lstat(f->path, &st), -1);
 }
 
+static unsigned alloc_failures_left, alloc_calls;
+
+static void *alloc_failing(size_t size)
+{
+        alloc_calls++;
+        if (alloc_failures_left > 0) {
+                alloc_failures_left--;
+                return NULL;
+        }
+        return calloc(1, size);
+}
+
+/* Without memory for a client the connection waits, and is accepted once
+ * memory is found; the socket goes on accepting others after it. */
+static void test_out_of_memory_at_accept_waits(void **state)
+{
+        Fixture *f = *state;
+        UnixServerOptions o = options(f);
+        int peer[2];
+
+        alloc_failures_left = 3;
+        alloc_calls = 0;
+        o.alloc_client = alloc_failing;
+        assert_int_equal(unix_server_new(&f->loop, &o, &f->server), 0);
+        peer[0] = peer_connect(f->path);
+        run_until(f, &f->connected, 1);
+        assert_int_equal(alloc_calls, 4);
+        assert_int_equal(alloc_failures_left, 0);
+        peer[1] = peer_connect(f->path);
+        run_until(f, &f->connected, 2);
+        assert_int_equal(alloc_calls, 5);
+        assert_int_equal(unix_server_clients(f->server), 2);
+        /* Closing while a retry is pending is clean too. */
+        alloc_failures_left = 1000;
+        close(peer_connect(f->path));
+        run_until(f, &alloc_calls, 6);
+        unix_server_close(f->server);
+        run_until(f, &f->closed, 1);
+        assert_int_equal(f->freed, 2);
+        close(peer[0]);
+        close(peer[1]);
+}
+
 static void test_passed_socket(void **state)
 {
         Fixture *f = *state;
@@ -444,6 +488,7 @@ int main(void)
             cmocka_unit_test_setup_teardown(test_too_long_path_is_refused, setup, teardown),
             cmocka_unit_test_setup_teardown(test_replaced_file_is_kept_at_close, setup, teardown),
             cmocka_unit_test_setup_teardown(test_socket_of_another_server_is_kept_at_close, setup, teardown),
+            cmocka_unit_test_setup_teardown(test_out_of_memory_at_accept_waits, setup, teardown),
             cmocka_unit_test_setup_teardown(test_passed_socket, setup, teardown),
         };
 

@@ -361,11 +361,6 @@ const char *unix_server_path(const UnixServer *s)
         return s->path;
 }
 
-uv_loop_t *unix_server_loop(const UnixServer *s)
-{
-        return s->loop;
-}
-
 UnixClient *unix_client_first(const UnixServer *s)
 {
         return s->clients;

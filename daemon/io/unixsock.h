@@ -65,7 +65,6 @@ void unix_server_close(UnixServer *s);
 unsigned unix_server_clients(const UnixServer *s);
 /* The path in messages: the configured one, or "(passed socket)". */
 const char *unix_server_path(const UnixServer *s);
-uv_loop_t *unix_server_loop(const UnixServer *s);
 
 /* The clients not being closed, newest first: unix_client_first(s), then
  * unix_client_next(c). Closing the current client keeps its next valid. */

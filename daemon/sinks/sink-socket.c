@@ -68,7 +68,6 @@ struct SocketSink {
         Sink sink;
         uv_loop_t *loop;
         UnixServer *sock; /* the socket and its clients */
-        char *path;       /* a copy of the configured path (or the passed socket's), for messages */
         SinkSocketOptions opt;
         char *source;
         StreamRing ring;
@@ -85,7 +84,6 @@ static void socket_free_now(SocketSink *s)
 {
         event_buffer_done(&s->buf);
         stream_ring_done(&s->ring);
-        free(s->path);
         free(s->source);
         free(s);
 }
@@ -136,7 +134,8 @@ static int client_send(StreamClient *c, StreamChunk *chunk)
         }
         w->client = c;
         w->chunk = stream_chunk_ref(chunk);
-        r = unix_client_write(c->u, chunk->data + done, chunk->len - (size_t)done, &w->req, on_client_written);
+        r = unix_client_write(c->u, chunk->data + done, chunk->len - (size_t)done, &w->req,
+                              on_client_written);
         if (r < 0) {
                 stream_chunk_unref(w->chunk);
                 free(w);
@@ -183,7 +182,7 @@ static void client_overflow(StreamClient *c)
         log_ratelimited(&s->overflow_rl, uv_now(s->loop), LOG_NOTICE,
                         "An event stream client on '%s' stopped reading; disconnecting it (%" PRIu64
                         " so far).",
-                        s->path, s->stats.overflows);
+                        unix_server_path(s->sock), s->stats.overflows);
         c->phase = CLIENT_DOOMED;
         if (client_send_copy(c, overflow_line, sizeof(overflow_line) - 1) < 0)
                 return;
@@ -310,8 +309,9 @@ static void client_pump(StreamClient *c)
                                 c->next_seq = c->marker_seq + 1;
                         }
                 } else if (c->phase == CLIENT_CATCHUP) {
-                        for (unsigned k = 0;
-                             k < PUMP_BUDGET && !unix_client_closing(c->u) && unix_client_queued(c->u) < PUMP_LOW_WATER; k++) {
+                        for (unsigned k = 0; k < PUMP_BUDGET && !unix_client_closing(c->u) &&
+                                             unix_client_queued(c->u) < PUMP_LOW_WATER;
+                             k++) {
                                 StreamChunk *chunk;
 
                                 if (c->next_seq > s->ring.last) {
@@ -508,6 +508,7 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
 {
         SocketSink *s = calloc(1, sizeof(*s));
         struct timespec ts;
+        char *name; /* the path in messages: the configured one, or the passed socket's */
         int r;
 
         if (!s)
@@ -526,8 +527,8 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
                 s->opt.hello_ms = DEFAULT_HELLO_MS;
         s->overflow_rl = (LogRateLimit)LOG_RATELIMIT_INIT(10000, 3);
         s->source = strdup(o->source ? o->source : "sessionwatchd://localhost");
-        s->path = strdup(o->path ? o->path : "(passed socket)");
-        if (o->fd >= 0 && s->path) {
+        name = strdup(o->path ? o->path : "(passed socket)");
+        if (o->fd >= 0 && name) {
                 /* A passed socket is named by what it is bound to. */
                 struct sockaddr_un sa;
                 socklen_t sl = sizeof(sa);
@@ -537,13 +538,13 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
                         char *bound = strndup(sa.sun_path, sl - offsetof(struct sockaddr_un, sun_path));
 
                         if (bound) {
-                                free(s->path);
-                                s->path = bound;
+                                free(name);
+                                name = bound;
                         }
                 }
         }
         /* The caller's strings (the config) may be replaced by a reload. */
-        s->opt.path = s->path;
+        s->opt.path = NULL; /* the server's copy of `name` */
         s->opt.source = NULL;
         /* Sequences of a run start at its start time in µs, so they keep
          * growing across restarts and a {"since"} from an earlier run is
@@ -551,10 +552,10 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
         clock_gettime(CLOCK_REALTIME, &ts);
         r = stream_ring_init(&s->ring, s->opt.ring_events, s->opt.ring_bytes,
                              (long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
-        if (!s->source || !s->path || r < 0) {
+        if (!s->source || !name || r < 0) {
                 stream_ring_done(&s->ring);
                 free(s->source);
-                free(s->path);
+                free(name);
                 free(s);
                 return -ENOMEM;
         }
@@ -563,7 +564,7 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
         s->sock_open = true;
         r = unix_server_new(loop,
                             &(UnixServerOptions){
-                                .path = s->path,
+                                .path = name,
                                 .fd = o->fd,
                                 .mode = o->mode,
                                 .group = o->group,
@@ -576,6 +577,7 @@ int sink_socket_new(uv_loop_t *loop, const SinkSocketOptions *o, Sink **ret)
                                 .userdata = s,
                             },
                             &s->sock);
+        free(name);
         if (r < 0) {
                 /* The UnixServer closes itself; the sink is freed once it
                  * says so (or now, if it already has). */
@@ -598,5 +600,5 @@ void sink_socket_stats(const Sink *sink, SinkSocketStats *ret)
 
 const char *sink_socket_path(const Sink *sink)
 {
-        return ((const SocketSink *)sink)->path;
+        return unix_server_path(((const SocketSink *)sink)->sock);
 }
